@@ -1,0 +1,5 @@
+"""The reference's ``bio_transformations.bio_module`` module path."""
+
+from .compat import BioModule
+
+__all__ = ["BioModule"]

@@ -1,0 +1,72 @@
+"""The automatic path's step-level work, run from global optimizer-step hooks.
+
+``torch.optim.optimizer.register_optimizer_step_pre_hook`` / ``..._post_hook`` fire at every
+optimizer's ``step()``: after gradient accumulation and after DDP's all-reduce, without the
+user passing the optimizer in. Mechanisms that need the step's whole gradient run here:
+
+* before the step: activity statistics are folded (summed over ranks under DDP), then
+  ``crystallize`` and ``scaling`` act on ``.grad`` for layers that have them automatic;
+* after the step: the step counters advance, dynamic fuzzy rates update (when ``fuzzy`` is
+  automatic) and layers with ``rejuvenate_every = N`` rejuvenate every N-th step.
+
+Only layers whose weight the stepping optimizer holds are touched. The multiplicative
+mechanisms (``fuzzy``, ``volume``) act in the backward graph instead (see ``biofx.ops``).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from .state import BioSynapses, live_synapses
+
+_HANDLES: list = []
+_CACHE: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _layers_of(optimizer: torch.optim.Optimizer) -> list[BioSynapses]:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    live = live_synapses()
+    signature = (len(params), len(live))
+    cached = _CACHE.get(optimizer)
+    if cached is not None and cached[0] == signature:
+        return [s for s in (ref() for ref in cached[1]) if s is not None]
+    ids = {id(p) for p in params}
+    layers = sorted((s for s in live if id(s.weight) in ids), key=lambda s: (id(s.layer), s.index))
+    _CACHE[optimizer] = (signature, [weakref.ref(s) for s in layers])
+    return layers
+
+
+@torch.no_grad()
+def _before_step(optimizer, args, kwargs) -> None:
+    for layer in _layers_of(optimizer):
+        if layer.weight.grad is None:
+            continue
+        if layer.automatic("crystallize"):
+            layer.crystallize()
+        if layer.automatic("scaling"):
+            layer.scale_grad()
+
+
+@torch.no_grad()
+def _after_step(optimizer, args, kwargs) -> None:
+    layers = _layers_of(optimizer)
+    if not layers:
+        return
+    torch._foreach_add_([layer.step for layer in layers], 1)
+    for layer in layers:
+        layer.advance()
+        if layer.automatic("fuzzy"):
+            layer.update_fuzzy()
+        every = layer.config.rejuvenate_every
+        if every and layer._step % every == 0:
+            layer.rejuvenate()
+
+
+def install() -> None:
+    """Register the global hooks once (idempotent)."""
+    if not _HANDLES:
+        _HANDLES.append(register_optimizer_step_pre_hook(_before_step))
+        _HANDLES.append(register_optimizer_step_post_hook(_after_step))

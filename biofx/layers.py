@@ -1,0 +1,110 @@
+"""Layer kinds biofx converts, in one registry.
+
+A :class:`LayerKind` says where a layer's synapses are: which weight axis is postsynaptic
+(output units) and presynaptic (input units), which axis of the layer's output holds the
+output units, and how to call the layer functionally with a (possibly rewritten) weight.
+Register a new kind with :func:`register_layer_kind`; the passes do not change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._leaf import graph_leaf
+
+__all__ = ["LayerKind", "register_layer_kind", "kind_of", "LAYER_KINDS", "transposed_linear"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKind:
+    """How biofx sees one layer type.
+
+    Attributes:
+        name: short name used in reports and tags.
+        module_type: the ``nn.Module`` subclass.
+        out_axis: weight axis of the output (postsynaptic) units.
+        in_axis: weight axis of the input (presynaptic) units.
+        channel_dim: axis of the output units in the layer's output tensor.
+        emit: ``emit(graph, x, weight, bias, module) -> node`` inserts the functional call.
+    """
+
+    name: str
+    module_type: type
+    out_axis: int
+    in_axis: int
+    channel_dim: int
+    emit: Callable[[fx.Graph, fx.Node, fx.Node, Optional[fx.Node], nn.Module], fx.Node]
+
+    def out_features(self, module: nn.Module) -> int:
+        return module.weight.shape[self.out_axis]
+
+
+LAYER_KINDS: dict[type, LayerKind] = {}
+
+
+def register_layer_kind(kind: LayerKind) -> LayerKind:
+    """Add (or replace) the kind for ``kind.module_type``."""
+    LAYER_KINDS[kind.module_type] = kind
+    return kind
+
+
+def kind_of(module: nn.Module) -> Optional[LayerKind]:
+    """The registered kind of ``module`` (most specific class first), or ``None``."""
+    for cls in type(module).__mro__:
+        if cls in LAYER_KINDS:
+            return LAYER_KINDS[cls]
+        lazy = _LAZY_KINDS.get((cls.__module__, cls.__name__))
+        if lazy is not None:
+            return register_layer_kind(lazy(cls))
+    return None
+
+
+def _emit_linear(graph, x, weight, bias, module):
+    return graph.call_function(F.linear, (x, weight, bias))
+
+
+def _conv_emitter(conv_fn: Callable) -> Callable:
+    def emit(graph, x, weight, bias, module):
+        padding = module.padding
+        if module.padding_mode != "zeros":
+            x = graph.call_function(
+                F.pad, (x, module._reversed_padding_repeated_twice), {"mode": module.padding_mode}
+            )
+            padding = 0
+        return graph.call_function(
+            conv_fn, (x, weight, bias, module.stride, padding, module.dilation, module.groups)
+        )
+
+    return emit
+
+
+register_layer_kind(LayerKind("Linear", nn.Linear, out_axis=0, in_axis=1, channel_dim=-1, emit=_emit_linear))
+for _dims, _cls, _fn in ((1, nn.Conv1d, F.conv1d), (2, nn.Conv2d, F.conv2d), (3, nn.Conv3d, F.conv3d)):
+    register_layer_kind(
+        LayerKind(f"Conv{_dims}d", _cls, out_axis=0, in_axis=1, channel_dim=1, emit=_conv_emitter(_fn))
+    )
+
+
+@graph_leaf
+def transposed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x @ weight + bias`` for a weight stored [in, out] (Hugging Face's GPT-2 ``Conv1D``)."""
+    out = x.matmul(weight)
+    return out if bias is None else out + bias
+
+
+def _emit_transposed(graph, x, weight, bias, module):
+    return graph.call_function(transposed_linear, (x, weight, bias))
+
+
+# Kinds of optional libraries, registered when their class is first seen (no import cost).
+_LAZY_KINDS: dict[tuple[str, str], Callable[[type], LayerKind]] = {
+    ("transformers.pytorch_utils", "Conv1D"): lambda cls: LayerKind(
+        "HFConv1D", cls, out_axis=1, in_axis=0, channel_dim=-1, emit=_emit_transposed
+    ),
+}

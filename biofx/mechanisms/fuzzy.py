@@ -1,0 +1,117 @@
+"""Synaptic diversity: fuzzy learning rates.
+
+Every weight w gets a multiplier f, and its gradient becomes ``g·f``. f is drawn once per
+layer from the configured :class:`~biofx.Distribution` and clamped to
+``[fuzzy_lr_min, fuzzy_lr_max]`` (ν = ``fuzzy_learning_rate_factor_nu``):
+
+==================  =================================================================
+BASELINE            f = 1
+UNIFORM             f ~ U(1 − ν, 1 + ν)
+NORMAL              f = 1 + N(0, ν)
+LOGNORMAL           f = exp(N(−ν²/2, ν))                       (mean 1)
+GAMMA               f ~ Gamma(shape 1/ν², rate 1/ν²)            (mean 1, std ν)
+BETA                f = 1 + (2·Beta(1/ν, 1/ν) − 1)·ν
+LAYER_ADAPTIVE      uniform with ν_l = ν·(1 − 0.5·l/L), l = layer position, L = layers
+WEIGHT_ADAPTIVE     uniform with ν_w = ν·clamp(2 − |w|/mean|w|, 0.5, 1.5)
+TEMPORAL            uniform, then decays towards 1 (:func:`temporal_update`)
+ACTIVITY            1, then rows redrawn from unit activity (:func:`activity_update`)
+==================  =================================================================
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import rng
+from ..config import BioConfig, Distribution
+
+
+def _uniform_around_one(rand01: torch.Tensor, nu) -> torch.Tensor:
+    return 1.0 + (2.0 * rand01 - 1.0) * nu
+
+
+def initial_multipliers(
+    weight: torch.Tensor, config: BioConfig, layer_index: int, total_layers: int, seed: int
+) -> torch.Tensor:
+    """Draw f for one layer (float32, on ``weight``'s device), reproducibly from ``seed``."""
+    nu = config.fuzzy_learning_rate_factor_nu
+    dist = config.fuzzy_lr_distribution
+    w = weight.detach().float().cpu()
+    shape = w.shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if dist in (Distribution.BASELINE, Distribution.ACTIVITY):
+            f = torch.ones(shape)
+        elif dist in (Distribution.UNIFORM, Distribution.TEMPORAL):
+            f = _uniform_around_one(torch.rand(shape), nu)
+        elif dist is Distribution.NORMAL:
+            f = 1.0 + nu * torch.randn(shape)
+        elif dist is Distribution.LOGNORMAL:
+            f = torch.exp(-0.5 * nu * nu + nu * torch.randn(shape))
+        elif dist is Distribution.GAMMA:
+            k = 1.0 / (nu * nu)
+            f = torch.distributions.Gamma(torch.tensor(k), torch.tensor(k)).sample(shape)
+        elif dist is Distribution.BETA:
+            a = torch.tensor(1.0 / nu)
+            f = 1.0 + (2.0 * torch.distributions.Beta(a, a).sample(shape) - 1.0) * nu
+        elif dist is Distribution.LAYER_ADAPTIVE:
+            index = config.fuzzy_lr_layer_index if config.fuzzy_lr_layer_index >= 0 else layer_index
+            total = config.fuzzy_lr_total_layers if config.fuzzy_lr_total_layers > 0 else total_layers
+            f = _uniform_around_one(torch.rand(shape), nu * (1.0 - 0.5 * index / total))
+        elif dist is Distribution.WEIGHT_ADAPTIVE:
+            magnitude = w.abs()
+            nu_w = nu * torch.clamp(2.0 - magnitude / (magnitude.mean() + 1e-8), 0.5, 1.5)
+            f = _uniform_around_one(torch.rand(shape), nu_w)
+        else:  # pragma: no cover - Distribution is a closed enum validated by BioConfig
+            raise NotImplementedError(dist)
+    f = torch.clamp(f, config.fuzzy_lr_min, config.fuzzy_lr_max)
+    return f.to(device=weight.device, dtype=torch.float32)
+
+
+def apply(grad: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """``g·f`` (computed in float32, returned in ``grad``'s dtype)."""
+    return (grad.float() * multipliers).to(grad.dtype)
+
+
+def temporal_update(
+    multipliers: torch.Tensor, update: int, key: torch.Tensor, config: BioConfig
+) -> None:
+    """TEMPORAL, in place, for the ``update``-th update (1-based).
+
+    On every ``fuzzy_lr_update_freq``-th update ``f ← 1 + (f − 1)·fuzzy_lr_decay``; on every
+    tenth of those, noise ``0.1·U(−ν, ν)`` is added; then f is clamped.
+    """
+    freq = config.fuzzy_lr_update_freq
+    if update % freq:
+        return
+    multipliers.sub_(1.0).mul_(config.fuzzy_lr_decay).add_(1.0)
+    if update % (10 * freq) == 0:
+        counter = torch.tensor(update, device=key.device)
+        u = rng.uniform(multipliers.shape, key, counter, rng.TEMPORAL)
+        multipliers.add_(0.1 * config.fuzzy_learning_rate_factor_nu * (2.0 * u - 1.0))
+    multipliers.clamp_(config.fuzzy_lr_min, config.fuzzy_lr_max)
+
+
+def activity_update(
+    multipliers: torch.Tensor,
+    counts: torch.Tensor,
+    out_axis: int,
+    update: int,
+    key: torch.Tensor,
+    config: BioConfig,
+) -> None:
+    """ACTIVITY, in place, on the first update and every ``fuzzy_lr_update_freq``-th one.
+
+    ``c_i`` counts how often output unit i exceeded 0.01 in magnitude;
+    ``a_i = clamp(1 + 0.1·(c_i/mean c − 1), 0.8, 1.2)``; row i is redrawn as
+    ``U(1 − ν_i, 1 + ν_i)`` with ``ν_i = ν·(2 − a_i)``, then clamped.
+    """
+    if update != 1 and update % config.fuzzy_lr_update_freq:
+        return
+    activity = torch.clamp(1.0 + 0.1 * (counts / (counts.mean() + 1e-8) - 1.0), 0.8, 1.2)
+    shape = [1] * multipliers.dim()
+    shape[out_axis] = -1
+    nu = (config.fuzzy_learning_rate_factor_nu * (2.0 - activity)).view(shape)
+    counter = torch.tensor(update, device=key.device)
+    u = rng.uniform(multipliers.shape, key, counter, rng.ACTIVITY)
+    multipliers.copy_(torch.clamp(_uniform_around_one(u, nu), config.fuzzy_lr_min, config.fuzzy_lr_max))

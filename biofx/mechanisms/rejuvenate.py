@@ -1,0 +1,57 @@
+"""Rejuvenation (spine turnover).
+
+The paper's rule (default): per layer ``σ = max|W|/d_re``; each weight draws
+``t ~ |N(0, σ)|`` and where ``t > |w|`` it is replaced by ``U(−max|W|, max|W|)``. A weight is
+therefore replaced with probability ``erfc(|w|·d_re/(√2·max|W|))``: small weights turn over
+often, large ones rarely. Non-finite weights (NaN, ±Inf) are always replaced; max|W| is taken
+over the finite ones. With Dale's principle on, a new weight takes its unit's sign.
+
+``rule="lognormal"`` offers the reference 0.0.5's later rule: weights are clamped to
+[−1, 1] and replaced with probability ``exp(−d_re·|w|/std)`` by log-normal draws matching
+the layer's mean and std (near zero for zero-mean layers).
+
+Both return the number replaced as a 0-d tensor: no host-device sync.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import rng
+
+
+def rejuvenate_(
+    weight: torch.Tensor,
+    dre: float,
+    key: torch.Tensor,
+    counter: torch.Tensor,
+    sign: Optional[torch.Tensor] = None,
+    rule: str = "paper",
+) -> torch.Tensor:
+    """Rejuvenate ``weight`` in place; returns how many entries were replaced."""
+    w = weight.detach()
+    finite = torch.isfinite(w)
+    magnitude = torch.where(finite, w.float().abs(), 0.0)
+    u = rng.uniform(w.shape, key, counter, rng.REJUVENATE_VALUE)
+    if rule == "paper":
+        max_w = magnitude.amax()
+        threshold = rng.normal(w.shape, key, counter, rng.REJUVENATE_THRESHOLD).abs() * (max_w / dre)
+        replace = (threshold > magnitude) | ~finite
+        new = (2.0 * u - 1.0) * max_w
+    else:
+        clamped = torch.where(finite, w.float(), 0.0).clamp(-1.0, 1.0)
+        mean = clamped.mean().clamp(min=1e-8)
+        std = clamped.std().nan_to_num(0.0).clamp(min=1e-8)
+        log_var = torch.log1p(std * std / (mean * mean))
+        log_mean = torch.log(mean) - 0.5 * log_var
+        probability = torch.exp(-dre * clamped.abs() / std)
+        replace = (rng.uniform(w.shape, key, counter, rng.REJUVENATE_THRESHOLD) < probability) | ~finite
+        z = rng.normal(w.shape, key, counter + 0x7FFF, rng.REJUVENATE_VALUE)
+        new = torch.exp(log_mean + 0.5 * torch.sqrt(log_var) * z).clamp(-1.0, 1.0)
+        w.copy_(clamped.to(w.dtype))
+    if sign is not None:
+        new = new.abs() * sign
+    w.copy_(torch.where(replace, new.to(w.dtype), w))
+    return replace.sum()

@@ -1,0 +1,180 @@
+"""The model-level API of a transformed model: :class:`BioMethods` and :class:`BioGraphModule`.
+
+Every method acts on all bio layers of the model (their :class:`~biofx.state.BioSynapses`).
+Gradient methods act once on ``.grad`` when called (the reference's explicit way); for a
+mechanism a layer already runs automatically (``BioConfig.automatic``) the call is a no-op
+with a one-time warning, so nothing is ever applied twice.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+
+from .state import BioSynapses
+
+__all__ = ["BioMethods", "BioGraphModule"]
+
+STATE_PREFIX = "biofx_state."
+
+
+class BioMethods:
+    """Mixin with the model-level bio methods; needs only ``self.modules()``."""
+
+    def bio_layers(self) -> list[BioSynapses]:
+        """The state modules of all bio layers, in execution order."""
+        return [m for m in self.modules() if isinstance(m, BioSynapses) and m.managed]
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _warn_once(self, key: str, message: str) -> None:
+        warned = self.__dict__.setdefault("_biofx_warned", set())
+        if key not in warned:
+            warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+    def _explicit(self, mechanism: str, method: str) -> list[BioSynapses]:
+        """Layers the explicit ``method`` must act on (raising if a gradient is missing)."""
+        layers = self.bio_layers()
+        for layer in layers:
+            layer.require_grad()
+        manual = [layer for layer in layers if not layer.automatic(mechanism)]
+        if len(manual) < len(layers):
+            self._warn_once(
+                mechanism,
+                f"{method}() skipped layers that apply {mechanism!r} automatically in the graph "
+                f"(BioConfig.automatic); calling it would apply it twice. Set automatic=() for the "
+                f"reference library's explicit behaviour.",
+            )
+        return manual
+
+    # -- gradient mechanisms ----------------------------------------------------------------
+    @torch.no_grad()
+    def fuzzy_learning_rates(self) -> None:
+        """Synaptic diversity: ``g ← g·f`` for every bio weight."""
+        for layer in self._explicit("fuzzy", "fuzzy_learning_rates"):
+            layer.apply_fuzzy()
+
+    @torch.no_grad()
+    def volume_dependent_lr(self) -> None:
+        """Volume-dependent plasticity: ``g ← g·|N(μ, lr_variability·μ)|``, μ = base_lr·exp(−s·|w|/(|w|+1))."""
+        for layer in self._explicit("volume", "volume_dependent_lr"):
+            layer.apply_volume()
+
+    @torch.no_grad()
+    def crystallize(self) -> None:
+        """Crystallization: ``f ← f·dampening_factor`` where ``|g|/|w| < crystal_thresh`` or ``|g| > mean|w|``."""
+        for layer in self._explicit("crystallize", "crystallize"):
+            layer.crystallize()
+
+    @torch.no_grad()
+    def scale_grad(self) -> None:
+        """Synaptic scaling: ``g ← g − γ·(a_target − ā_i)·w`` (see :mod:`biofx.mechanisms.scaling`)."""
+        layers = self._explicit("scaling", "scale_grad")
+        if layers and not any(layer.config.synaptic_scaling_gamma > 0 for layer in layers):
+            self._warn_once(
+                "scaling-off",
+                "scale_grad() has no effect: synaptic_scaling_gamma is 0. Set synaptic_scaling_gamma > 0 "
+                "(and synaptic_scaling_target) in the BioConfig to enable synaptic scaling.",
+            )
+        for layer in layers:
+            layer.scale_grad()
+
+    # -- state mechanisms -------------------------------------------------------------------
+    @torch.no_grad()
+    def update_fuzzy_learning_rates(self, x: Optional[torch.Tensor] = None) -> None:
+        """One update of dynamic fuzzy rates (TEMPORAL decay, ACTIVITY redraw).
+
+        ``x`` is accepted for compatibility and not needed: ACTIVITY counts each layer's own
+        outputs in the forward pass.
+        """
+        for layer in self.bio_layers():
+            if layer.automatic("fuzzy") and layer.config.fuzzy_lr_dynamic:
+                self._warn_once(
+                    "update",
+                    "update_fuzzy_learning_rates() skipped layers whose dynamic fuzzy rates update "
+                    "automatically at every optimizer step (BioConfig.automatic contains 'fuzzy').",
+                )
+                continue
+            layer.update_fuzzy()
+
+    def rejuvenate_weights(self) -> torch.Tensor:
+        """Rejuvenation (spine turnover); returns how many weights were replaced (0-d tensor)."""
+        counts = [layer.rejuvenate() for layer in self.bio_layers()]
+        return torch.stack(counts).sum() if counts else torch.zeros((), dtype=torch.int64)
+
+    def enforce_dales_principle(self) -> None:
+        """Project stored weights onto Dale's constraint: ``w ← sign·relu(sign·w)``."""
+        layers = [layer for layer in self.bio_layers() if layer.config.apply_dales_principle]
+        if not layers:
+            raise AttributeError("Can not enforce dales principle without apply_dales_principle set True.")
+        for layer in layers:
+            layer.enforce_dale()
+
+    def dalian_network_initialization(self) -> None:
+        """Dale initialization: ``w ← |w|·sign`` (done at transform time; call again after re-initializing)."""
+        layers = [layer for layer in self.bio_layers() if layer.config.apply_dales_principle]
+        if not layers:
+            raise AttributeError(
+                f"Can not use dalians network initialization on {type(self)}: apply_dales_principle is False"
+            )
+        for layer in layers:
+            layer.dale_initialize()
+
+    def l1_reg(self) -> torch.Tensor:
+        """L1 norm ``Σ|w|`` of the bio layers' weights (differentiable, add it to the loss)."""
+        terms = [layer.l1() for layer in self.bio_layers()]
+        return torch.stack(terms).sum() if terms else torch.zeros(())
+
+    @torch.no_grad()
+    def advance_step(self) -> None:
+        """Advance the step counters by hand (only for updates made without ``torch.optim``)."""
+        for layer in self.bio_layers():
+            layer.step.add_(1)
+            layer.advance()
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def plain_state_dict(self) -> dict:
+        """``state_dict()`` without bio state: loads into the original model."""
+        return {k: v for k, v in self.state_dict().items() if STATE_PREFIX not in k}
+
+    def bio_state_bytes(self) -> int:
+        """Total bytes of bio state."""
+        return sum(layer.state_bytes() for layer in self.bio_layers())
+
+
+class BioGraphModule(BioMethods, fx.GraphModule):
+    """A ``torch.fx.GraphModule`` with bio layers and the model-level bio methods.
+
+    ``bio_report`` (a :class:`~biofx.transform.TransformReport`) tells what was converted.
+    A plain checkpoint (no ``biofx_state.*`` keys) loads with ``strict=True``: the bio state
+    keeps its current values.
+    """
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if STATE_PREFIX not in k]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}: "
+                f"missing keys {missing}, unexpected keys {result.unexpected_keys}"
+            )
+        return result
+
+    def __reduce__(self):
+        reducer, (body, import_block) = super().__reduce__()
+        return (_rebuild, (body, import_block))
+
+
+def _rebuild(body: dict, import_block: str) -> BioGraphModule:
+    """Unpickle a :class:`BioGraphModule` (``torch.save(model)`` / ``torch.load``)."""
+    from torch.fx.graph_module import _deserialize_graph_module, _forward_from_src
+
+    forward = _forward_from_src(import_block + body["_code"], {})
+    state = body["_modules"]["biofx_state"]
+    gm = _deserialize_graph_module(forward, body, graph_module_cls=BioGraphModule)
+    gm.biofx_state = state  # the constructor rebuilt it as an empty container
+    return gm
+

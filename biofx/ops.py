@@ -1,0 +1,87 @@
+"""The functions bio graph nodes call.
+
+Forward-pass nodes (``dale_weight``, ``weight_split``) are plain tensor functions.
+Gradient nodes (``fuzzy_grad``, ``volume_grad``) are identities in the forward pass whose
+backward scales the weight gradient; they are ``autograd.Function`` s, which Dynamo traces
+into the compiled forward and backward graphs (no graph break, fused by Inductor).
+All are graph leaves (``biofx._leaf``), so re-tracing a bio model keeps them as single nodes.
+"""
+
+from __future__ import annotations
+
+import torch
+from ._leaf import graph_leaf
+
+from .mechanisms import dale, fuzzy, volume
+
+__all__ = ["dale_weight", "fuzzy_grad", "volume_grad", "weight_split"]
+
+
+@graph_leaf
+def dale_weight(weight: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Dale parametrization: ``sign·relu(sign·w)``."""
+    return dale.constrain(weight, sign)
+
+
+class _FuzzyGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(weight, multipliers):
+        return weight.view_as(weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (multipliers,) = ctx.saved_tensors
+        return fuzzy.apply(grad, multipliers), None
+
+
+class _VolumeGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(weight, key, step, base_lr, stability_factor, lr_variability):
+        return weight.view_as(weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        weight, key, step, ctx.base_lr, ctx.stability_factor, ctx.lr_variability = inputs
+        ctx.save_for_backward(weight, key, step)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, key, step = ctx.saved_tensors
+        scale = volume.factor(weight, key, step, ctx.base_lr, ctx.stability_factor, ctx.lr_variability)
+        return (grad.float() * scale).to(grad.dtype), None, None, None, None, None
+
+
+@graph_leaf
+def fuzzy_grad(weight: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """Identity forward; backward ``g ← g·f`` (synaptic diversity)."""
+    return _FuzzyGrad.apply(weight, multipliers)
+
+
+@graph_leaf
+def volume_grad(
+    weight: torch.Tensor,
+    key: torch.Tensor,
+    step: torch.Tensor,
+    base_lr: float,
+    stability_factor: float,
+    lr_variability: float,
+) -> torch.Tensor:
+    """Identity forward; backward ``g ← g·|N(μ, lr_variability·μ)|``, μ = base_lr·exp(−s·|w|/(|w|+1))."""
+    return _VolumeGrad.apply(weight, key, step, base_lr, stability_factor, lr_variability)
+
+
+@graph_leaf
+def weight_split(output: torch.Tensor, gamma: int, dim: int) -> torch.Tensor:
+    """Multi-synaptic connectivity: sum groups of Γ consecutive units, give each member the sum.
+
+    Equal to ``repeat_interleave(view(..., C/Γ, Γ).sum(-1), Γ)`` along ``dim``.
+    """
+    dim = dim % output.dim()
+    channels = output.shape[dim]
+    grouped = output.unflatten(dim, (channels // gamma, gamma))
+    summed = grouped.sum(dim + 1, keepdim=True)
+    return summed.expand_as(grouped).flatten(dim, dim + 1)

@@ -1,0 +1,45 @@
+"""Pass: gradient nodes for the automatic multiplicative mechanisms.
+
+For a layer with ``"fuzzy"`` in ``config.automatic``, ``w`` → ``fuzzy_grad(w, fuzzy_lr)``;
+with ``"volume"``, → ``volume_grad(w, rng_key, step, base_lr, stability_factor,
+lr_variability)``. Both are identities in the forward pass; in the backward pass they scale
+the weight gradient (``g·f`` and ``g·|N(μ, lr_variability·μ)|``). Being linear in g, they are
+exact under gradient accumulation and DDP averaging.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from .. import ops
+from . import tags
+from .attach_state import state_attr
+from .dale import chain_weight
+
+NAME = "grad_nodes"
+
+
+def grad_nodes_pass(gm: fx.GraphModule, layers: list) -> list:
+    inserted = []
+    for layer in layers:
+        cfg = layer.config
+        for site in layer.sites:
+            if "fuzzy" in cfg.automatic:
+
+                def make_fuzzy(graph, weight):
+                    multipliers = graph.get_attr(state_attr(layer, "fuzzy_lr"))
+                    return [multipliers, graph.call_function(ops.fuzzy_grad, (weight, multipliers))]
+
+                for node in chain_weight(gm, layer, site, make_fuzzy):
+                    inserted.append(tags.tag(node, tags.FUZZY, layer.name, NAME))
+            if "volume" in cfg.automatic:
+
+                def make_volume(graph, weight):
+                    key = graph.get_attr(state_attr(layer, "rng_key"))
+                    step = graph.get_attr(state_attr(layer, "step"))
+                    args = (weight, key, step, cfg.base_lr, cfg.stability_factor, cfg.lr_variability)
+                    return [key, step, graph.call_function(ops.volume_grad, args)]
+
+                for node in chain_weight(gm, layer, site, make_volume):
+                    inserted.append(tags.tag(node, tags.VOLUME, layer.name, NAME))
+    return inserted

@@ -1,0 +1,267 @@
+"""Per-layer bio state: :class:`BioSynapses`.
+
+One ``BioSynapses`` module sits beside every converted layer (under the bio model's
+``biofx_state`` dict). It owns the layer's bio state as registered buffers, so
+``state_dict()`` holds all of it and loads with ``torch.load(weights_only=True)``:
+
+=================  =============  ==================================================
+buffer             shape, dtype   meaning
+=================  =============  ==================================================
+``fuzzy_lr``       weight, f32    fuzzy learning-rate multipliers f
+``rng_key``        (), int64      the layer's counter-based RNG key (from the seed)
+``step``           (), int64      optimizer steps taken (keys the volume noise)
+``updates``        (), int64      fuzzy-rate updates done (TEMPORAL/ACTIVITY)
+``rejuvenations``  (), int64      rejuvenations done (keys their noise)
+``dale_sign``      bcast, f32     ±1 per presynaptic unit (Dale's principle only)
+``activity_*``     (C,), f32      activity statistics (ACTIVITY / synaptic scaling only)
+=================  =============  ==================================================
+
+Bio state stays float32 when the model is cast (``model.half()``) or runs under autocast.
+The module is also the activity probe: called on the layer's output in the forward pass,
+it counts activity in training mode and returns the output unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from . import rng
+from .config import BioConfig, Distribution
+from .layers import LayerKind
+from .mechanisms import crystallize, dale, fuzzy, rejuvenate, scaling, volume
+
+log = logging.getLogger("biofx")
+
+# Every live BioSynapses, for the optimizer-step hooks (see biofx.hooks).
+_LIVE: "weakref.WeakSet[BioSynapses]" = weakref.WeakSet()
+
+
+class BioSynapses(nn.Module):
+    """Bio state and per-layer mechanisms of one converted layer.
+
+    Args:
+        name: the layer's module path in the model (``"encoder.fc1"``).
+        layer: the converted layer (its parameters stay where they were).
+        kind: the layer's :class:`~biofx.layers.LayerKind`.
+        config: the layer's :class:`~biofx.BioConfig`.
+        index: position among the model's bio layers in execution order.
+        total: number of bio layers.
+        seed: the model seed.
+    """
+
+    #: driven by the model-level methods and the optimizer-step hooks
+    managed = True
+
+    def __init__(
+        self,
+        name: str,
+        layer: nn.Module,
+        kind: LayerKind,
+        config: BioConfig,
+        index: int,
+        total: int,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.layer_name = name
+        self.kind = kind
+        self.config = config
+        self.index = index
+        self._layer = [layer]  # a list, so the layer is not registered twice as a submodule
+        key = rng.layer_key(seed, index)
+        weight = layer.weight
+        device = weight.device
+        self.register_buffer("fuzzy_lr", fuzzy.initial_multipliers(weight, config, index, total, key))
+        self.register_buffer("rng_key", torch.tensor(key, dtype=torch.int64, device=device))
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=device))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=device))
+        self.register_buffer("rejuvenations", torch.zeros((), dtype=torch.int64, device=device))
+        if config.apply_dales_principle:
+            units = _presynaptic_units(layer, kind)
+            signs = dale.draw_signs(units, config.dale_excitatory_fraction, key)
+            groups = getattr(layer, "groups", 1)
+            sign = dale.broadcast_signs(signs, weight.shape, kind.in_axis, kind.out_axis, groups)
+            self.register_buffer("dale_sign", sign.to(device))
+        if config.tracks_activity:
+            channels = kind.out_features(layer)
+            for buffer in ("activity_count", "activity_mean", "activity_sum", "activity_active"):
+                self.register_buffer(buffer, torch.zeros(channels, device=device))
+            self.register_buffer("activity_n", torch.zeros((), device=device))
+        self._updates = 0
+        self._step = 0
+        if self.managed:
+            _LIVE.add(self)
+
+    # -- plumbing --------------------------------------------------------------------------
+    @property
+    def layer(self) -> nn.Module:
+        return self._layer[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.layer.weight
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer_name!r}, kind={self.kind.name}, index={self.index}"
+
+    def __setstate__(self, state: dict) -> None:  # pickle and deepcopy
+        super().__setstate__(state)
+        if self.managed:
+            _LIVE.add(self)
+
+    def _sync_counters(self) -> None:
+        """Host mirrors of the counters, for schedule decisions without a device sync."""
+        self._updates = int(self.updates)
+        self._step = int(self.step)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._sync_counters()  # one sync at load time, none per step
+
+    def _apply(self, fn, recurse=True):
+        """Move buffers with the model but keep their dtypes (bio state stays float32)."""
+        dtypes = {name: b.dtype for name, b in self._buffers.items() if b is not None}
+        super()._apply(fn, recurse)
+        for name, dtype in dtypes.items():
+            if self._buffers[name].dtype != dtype:
+                self._buffers[name] = self._buffers[name].to(dtype)
+        return self
+
+    def automatic(self, mechanism: str) -> bool:
+        return mechanism in self.config.automatic
+
+    def require_grad(self) -> torch.Tensor:
+        grad = self.weight.grad
+        if grad is None:
+            raise RuntimeError("No gradients found for the weights")
+        return grad
+
+    # -- forward: activity probe -----------------------------------------------------------
+    def forward(self, output: torch.Tensor) -> torch.Tensor:
+        """Count the layer's activity (training mode only); return ``output`` unchanged."""
+        if self.training:
+            with torch.no_grad():
+                y = output.detach().float().movedim(self.kind.channel_dim, -1)
+                y = y.reshape(-1, y.shape[-1])
+                self.activity_sum.add_(torch.relu(y).sum(0))
+                self.activity_active.add_((y.abs() > 0.01).sum(0))
+                self.activity_n.add_(y.shape[0])
+        return output
+
+    def fold_activity(self) -> None:
+        """Fold the activity counted since the last fold into the running statistics.
+
+        Under ``torch.distributed`` the counts are summed over ranks first, so every rank
+        folds the same global statistics (and gets what one process on the whole batch gets).
+        """
+        if not self.config.tracks_activity:
+            return
+        packed = torch.cat([self.activity_sum, self.activity_active, self.activity_n.view(1)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_world_size() > 1:
+                torch.distributed.all_reduce(packed)
+        channels = self.activity_sum.numel()
+        total, active, n = packed[:channels], packed[channels : 2 * channels], packed[-1]
+        self.activity_mean.copy_(scaling.running_mean(self.activity_mean, total, n, self.config.activity_momentum))
+        self.activity_count.add_(active)
+        for buffer in (self.activity_sum, self.activity_active, self.activity_n):
+            buffer.zero_()
+
+    # -- gradient mechanisms (act on .grad once) -------------------------------------------
+    def apply_fuzzy(self) -> None:
+        """``g ← g·f``."""
+        grad = self.require_grad()
+        grad.copy_(fuzzy.apply(grad, self.fuzzy_lr))
+
+    def apply_volume(self) -> None:
+        """``g ← g·|N(μ, lr_variability·μ)|`` with this step's noise."""
+        grad = self.require_grad()
+        factor = volume.factor_for(self.weight, self.rng_key, self.step, self.config)
+        grad.copy_((grad.float() * factor).to(grad.dtype))
+
+    def crystallize(self) -> None:
+        """Dampen f where the step's gradient says the weight is settled or strongly driven."""
+        if not self.weight.requires_grad:
+            raise RuntimeError("Weights do not require gradients")
+        crystallize.crystallize_(self.fuzzy_lr, self.weight, self.require_grad(), self.config)
+
+    def scale_grad(self) -> None:
+        """``g ← g − γ·(a_target − ā_i)·w`` from the running activity."""
+        grad = self.require_grad()
+        if not self.config.tracks_activity or self.config.synaptic_scaling_gamma == 0:
+            return
+        self.fold_activity()
+        term = scaling.scaling_term(
+            self.weight,
+            self.activity_mean,
+            self.kind.out_axis,
+            self.config.synaptic_scaling_gamma,
+            self.config.synaptic_scaling_target,
+        )
+        grad.add_(term.to(grad.dtype))
+
+    # -- state mechanisms --------------------------------------------------------------------
+    def update_fuzzy(self) -> None:
+        """One fuzzy-rate update (TEMPORAL decay/noise, ACTIVITY redraw); no-op otherwise."""
+        dist = self.config.fuzzy_lr_distribution
+        if not self.config.fuzzy_lr_dynamic or dist not in (Distribution.TEMPORAL, Distribution.ACTIVITY):
+            return
+        self._updates += 1
+        self.updates.add_(1)
+        if dist is Distribution.TEMPORAL:
+            fuzzy.temporal_update(self.fuzzy_lr, self._updates, self.rng_key, self.config)
+        else:
+            self.fold_activity()
+            fuzzy.activity_update(
+                self.fuzzy_lr, self.activity_count, self.kind.out_axis, self._updates, self.rng_key, self.config
+            )
+
+    @torch.no_grad()
+    def rejuvenate(self) -> torch.Tensor:
+        """Rejuvenate the layer's weights; returns the number replaced (a 0-d tensor)."""
+        sign = getattr(self, "dale_sign", None)
+        count = rejuvenate.rejuvenate_(
+            self.weight,
+            self.config.rejuvenation_parameter_dre,
+            self.rng_key,
+            self.rejuvenations,
+            sign,
+            self.config.rejuvenation_rule,
+        )
+        self.rejuvenations.add_(1)
+        return count
+
+    @torch.no_grad()
+    def enforce_dale(self) -> None:
+        """Project the stored weights onto the Dale constraint: ``w ← sign·relu(sign·w)``."""
+        self.weight.copy_(dale.constrain(self.weight, self.dale_sign))
+
+    @torch.no_grad()
+    def dale_initialize(self) -> None:
+        """``w ← |w|·sign`` (the reference's ``dalian_network_initialization``)."""
+        dale.initialize_(self.weight, self.dale_sign)
+
+    def l1(self) -> torch.Tensor:
+        """``Σ|w|`` of the layer's weight."""
+        return self.weight.abs().sum()
+
+    def state_bytes(self) -> int:
+        """Bytes of bio state this layer holds."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def advance(self) -> None:
+        """Host-side bookkeeping after an optimizer step (the tensor ``step`` is advanced in bulk)."""
+        self._step += 1
+
+
+def _presynaptic_units(layer: nn.Module, kind: LayerKind) -> int:
+    return layer.weight.shape[kind.in_axis] * getattr(layer, "groups", 1)
+
+
+def live_synapses() -> list[BioSynapses]:
+    return list(_LIVE)
