@@ -1,0 +1,34 @@
+"""Shared fixtures and checks for the biofx tests."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+
+class MLP(nn.Module):
+    def __init__(self, sizes=(6, 8, 4)):
+        super().__init__()
+        self.fc1 = nn.Linear(sizes[0], sizes[1])
+        self.fc2 = nn.Linear(sizes[1], sizes[2])
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def conv_model(dims: int, in_ch=3, mid=4, out=2):
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    return nn.Sequential(conv(in_ch, mid, 3, padding=1), nn.ReLU(), conv(mid, out, 3, padding=1))
+
+
+def conv_input(dims: int, batch=2, ch=3, size=5):
+    return torch.randn(batch, ch, *([size] * dims))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def weight_grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
