@@ -163,6 +163,24 @@ class BioGraphModule(BioMethods, fx.GraphModule):
             )
         return result
 
+    def keep_children(self, children: dict) -> None:
+        """Install ``children`` (name → module) as they are.
+
+        The GraphModule constructor (also used by unpickling and deepcopy) rebuilds only what
+        the graph reads; a layer whose weight the graph reads through ``get_attr`` would come
+        back as an empty ``nn.Module``. This keeps the original layer objects (``bio.fc1`` stays
+        an ``nn.Linear``) and the bio state modules.
+        """
+        for name, child in children.items():
+            setattr(self, name, child)
+
+    def _deepcopy_init(self):
+        def init(copy, source, graph):
+            fx.GraphModule.__init__(copy, source, graph, type(self).__name__)
+            copy.keep_children(source._modules)
+
+        return init
+
     def __reduce__(self):
         reducer, (body, import_block) = super().__reduce__()
         return (_rebuild, (body, import_block))
@@ -173,8 +191,8 @@ def _rebuild(body: dict, import_block: str) -> BioGraphModule:
     from torch.fx.graph_module import _deserialize_graph_module, _forward_from_src
 
     forward = _forward_from_src(import_block + body["_code"], {})
-    state = body["_modules"]["biofx_state"]
+    children = dict(body["_modules"])
     gm = _deserialize_graph_module(forward, body, graph_module_cls=BioGraphModule)
-    gm.biofx_state = state  # the constructor rebuilt it as an empty container
+    gm.keep_children(children)
     return gm
 

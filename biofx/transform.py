@@ -99,7 +99,7 @@ def transform(
         layer.seed = layer.config.seed if layer.config.seed is not None else seed
     results = run_passes(gm, layers)
     bio = BioGraphModule(gm, gm.graph, f"Bio{type(model).__name__}")
-    bio.biofx_state = gm.biofx_state
+    bio.keep_children(dict(gm.named_children()))
     for layer in layers:
         if layer.config.apply_dales_principle:
             bio.biofx_state[layer.state_key].dale_initialize()

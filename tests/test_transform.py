@@ -32,6 +32,7 @@ def test_parameter_names_kept_and_plain_checkpoint_round_trip():
     model = MLP()
     plain_sd = copy.deepcopy(model.state_dict())
     bio = biofx.transform(model)
+    assert bio.fc1 is model.fc1  # the original layer objects stay (no copy, no empty stand-in)
     assert [n for n, _ in bio.named_parameters()] == [n for n, _ in MLP().named_parameters()]
     bio.load_state_dict(plain_sd)  # strict: bio state keeps its values
     fresh = MLP()
@@ -169,6 +170,7 @@ def test_whole_model_pickle_and_deepcopy():
     buffer.seek(0)
     for clone in (torch.load(buffer, weights_only=False), copy.deepcopy(bio)):
         assert isinstance(clone, biofx.BioGraphModule)
+        assert isinstance(clone.fc1, nn.Linear) and clone.bio_layers()[0].layer is clone.fc1
         assert torch.equal(clone(x), bio(x))
         clone(x).sum().backward()
         bio.zero_grad()

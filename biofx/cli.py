@@ -1,0 +1,222 @@
+"""The ``biofx`` command line (also ``python -m biofx``).
+
+::
+
+    biofx graph MODEL -o graph.svg [--cluster] [--input-shape 1,784] [config flags]
+    biofx summary MODEL [config flags]
+    biofx demo [demo arguments]
+
+``MODEL`` is a zoo name (``mlp``, ``cnn``, ``residual``; see :mod:`biofx.zoo`) or
+``package.module:callable``, a callable returning an ``nn.Module`` (or an ``nn.Module``
+instance). The config flags are generated from :class:`~biofx.BioConfig`'s fields: field
+``weight_splitting_Gamma`` is ``--weight-splitting-Gamma``, booleans take ``--flag`` /
+``--no-flag``, ``automatic`` a comma-separated list. User mistakes print one line to stderr
+and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import importlib
+import os
+import re
+import sys
+import typing
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from . import zoo
+from .config import BioConfig
+from .summary import summary
+from .transform import transform
+from .viz import FORMATS, draw
+
+__all__ = ["main", "build_parser", "config_from_args"]
+
+_FIELDS = dataclasses.fields(BioConfig)
+
+
+class UsageError(Exception):
+    """A mistake on the command line (reported without a traceback, exit status 2)."""
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 user error)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # everything after "demo" belongs to biofx.demo
+        return _demo(argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or an argparse error (2, already printed)
+        return int(exit_.code or 0)
+    try:
+        return args.run(args)
+    except (UsageError, ValueError, TypeError, ImportError, OSError, RuntimeError) as err:
+        print(f"biofx {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``biofx`` (one subcommand per action)."""
+    parser = argparse.ArgumentParser(
+        prog="biofx",
+        description="biofx: biological synapse mechanisms for PyTorch models, as a torch.fx pass.",
+        epilog=f"Zoo models: {', '.join(f'{name} ({entry.description})' for name, entry in zoo.MODELS.items())}.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    model_parent = argparse.ArgumentParser(add_help=False)
+    model_parent.add_argument("model", metavar="MODEL", help="a zoo name or package.module:callable")
+    _add_config_flags(model_parent)
+
+    graph = commands.add_parser("graph", parents=[model_parent], help="draw the bio graph (svg, png or pdf)")
+    graph.add_argument("-o", "--output", required=True, help=f"output file ({', '.join(FORMATS)})")
+    graph.add_argument("--cluster", action="store_true", help="box the nodes of each module")
+    graph.add_argument("--title", help="title drawn above the graph")
+    graph.add_argument(
+        "--input-shape",
+        type=_shape,
+        help="example input shape, e.g. 1,784 (required for package.module:callable models); "
+        "labels then show tensor shapes",
+    )
+    graph.set_defaults(run=_graph)
+
+    summarize = commands.add_parser("summary", parents=[model_parent], help="print a table of the bio layers")
+    summarize.set_defaults(run=_summary)
+
+    commands.add_parser("demo", help="run the biofx demo (arguments after 'demo' go to it; try: biofx demo --help)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> BioConfig:
+    """The :class:`BioConfig` the config flags ask for (unset flags keep the defaults)."""
+    overrides = {f.name: getattr(args, f.name) for f in _FIELDS if getattr(args, f.name) is not None}
+    return BioConfig(**overrides)
+
+
+# -- subcommands -----------------------------------------------------------------------------
+def _graph(args: argparse.Namespace) -> int:
+    model, example = _load_model(args.model)
+    if args.input_shape is not None:
+        example = torch.randn(args.input_shape)
+    if example is None:
+        raise UsageError(f"{args.model} is not a zoo model: pass --input-shape (e.g. --input-shape 1,784)")
+    bio = transform(model, config_from_args(args))
+    path = draw(bio, args.output, example, cluster_by_module=args.cluster, title=args.title)
+    print(f"wrote {path} ({len(bio.graph.nodes)} nodes, {len(bio.bio_layers())} bio layers)")
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    model, _ = _load_model(args.model)
+    print(summary(transform(model, config_from_args(args))))
+    return 0
+
+
+def _demo(argv: list[str]) -> int:
+    try:
+        demo = importlib.import_module("biofx.demo")
+    except ModuleNotFoundError as err:
+        if err.name == "biofx.demo":
+            print("biofx demo: error: this biofx installation has no demo (biofx/demo.py is missing)", file=sys.stderr)
+        else:
+            print(f'biofx demo: error: the demo needs {err.name}: pip install "biofx[demo]"', file=sys.stderr)
+        return 2
+    return demo.main(argv)
+
+
+# -- models ----------------------------------------------------------------------------------
+def _load_model(spec: str) -> tuple[nn.Module, Optional[torch.Tensor]]:
+    """``(model, example input or None)`` for a zoo name or ``package.module:callable``."""
+    if ":" not in spec:
+        if spec not in zoo.MODELS:
+            raise UsageError(
+                f"unknown model {spec!r}: use a zoo name ({', '.join(zoo.MODELS)}) or package.module:callable"
+            )
+        return zoo.get(spec)
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:  # like `python -m`, find modules in the working directory
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UsageError(f"cannot import {module_name!r} for MODEL {spec!r}: {err}") from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"{module_name!r} has no attribute {attr!r} (MODEL {spec!r})")
+        obj = getattr(obj, part)
+    if not isinstance(obj, nn.Module):
+        if not callable(obj):
+            raise UsageError(f"MODEL {spec!r} is neither an nn.Module nor a callable returning one")
+        try:
+            obj = obj()
+        except Exception as err:  # the user's code: report it in one line
+            raise UsageError(f"calling {spec} failed: {type(err).__name__}: {err}") from err
+        if not isinstance(obj, nn.Module):
+            raise UsageError(f"{spec} returned {type(obj).__name__}, not an nn.Module")
+    return obj, None
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """``"1,784"`` → ``(1, 784)``."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid shape {text!r}: use comma-separated sizes such as 1,784") from None
+    if any(size <= 0 for size in shape):
+        raise argparse.ArgumentTypeError(f"invalid shape {text!r}: sizes must be positive")
+    return shape
+
+
+# -- config flags ----------------------------------------------------------------------------
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per BioConfig field, typed from the field's annotation; unset flags are ``None``."""
+    group = parser.add_argument_group("BioConfig fields (see biofx.BioConfig; unset flags keep the default)")
+    hints = typing.get_type_hints(BioConfig)
+    doc = _field_docs()
+    for field in _FIELDS:
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        kind = hints[field.name]
+        help_ = f"{doc.get(field.name, '')} (default: {_show(default)})".lstrip()
+        if kind is bool:
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, help=help_)
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+            choices = [member.value for member in kind]
+            group.add_argument(flag, dest=field.name, choices=choices, help=help_)
+        elif kind is tuple:
+            group.add_argument(flag, dest=field.name, type=_names, metavar="A,B", help=help_)
+        elif kind in (int, float, Optional[int]):
+            scalar = float if kind is float else int
+            group.add_argument(flag, dest=field.name, type=scalar, metavar=scalar.__name__.upper(), help=help_)
+        else:  # str, and the activation (by name, e.g. relu)
+            group.add_argument(flag, dest=field.name, metavar="NAME", help=help_)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """``"fuzzy,volume"`` → ``("fuzzy", "volume")``; ``""`` or ``none`` → ``()``."""
+    return () if text.strip().lower() in ("", "none") else tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
+    if isinstance(value, nn.Module):
+        return type(value).__name__.lower()
+    return str(value)
+
+
+def _field_docs() -> dict[str, str]:
+    """``field -> first sentence of its description`` from BioConfig's docstring."""
+    text = BioConfig.__doc__ or ""
+    docs = {}
+    for match in re.finditer(r"^\s+(\w+): (.+?)(?=\n\s+\w+: |\n\s*\n|\Z)", text, re.M | re.S):
+        sentence = " ".join(match.group(2).split())
+        docs[match.group(1)] = sentence.replace("%", "%%")  # argparse formats help with %
+    return docs

@@ -1,0 +1,105 @@
+"""The automatic path: mechanisms inside backward and at the optimizer step, never twice."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import biofx
+
+from conftest import MLP
+
+
+def train_step(model, opt, x, explicit=()):
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    for method in explicit:
+        getattr(model, method)()
+    opt.step()
+
+
+def test_automatic_equals_explicit_reference_loop():
+    base = MLP()
+    common = dict(seed=3, crystal_thresh=1e-2)
+    auto = biofx.transform(copy.deepcopy(base), automatic=("fuzzy", "volume", "crystallize"), **common)
+    manual = biofx.transform(copy.deepcopy(base), automatic=(), **common)
+    opt_a = torch.optim.SGD(auto.parameters(), lr=0.1)
+    opt_m = torch.optim.SGD(manual.parameters(), lr=0.1)
+    for _ in range(4):
+        x = torch.randn(5, 6)
+        train_step(auto, opt_a, x)
+        train_step(manual, opt_m, x, explicit=("volume_dependent_lr", "fuzzy_learning_rates", "crystallize"))
+    for a, m in zip(auto.parameters(), manual.parameters()):
+        torch.testing.assert_close(a, m)
+    for a, m in zip(auto.bio_layers(), manual.bio_layers()):
+        torch.testing.assert_close(a.fuzzy_lr, m.fuzzy_lr)
+
+
+def test_explicit_call_of_automatic_mechanism_does_not_apply_twice():
+    base = MLP()
+    auto = biofx.transform(copy.deepcopy(base), seed=1)  # default: fuzzy automatic
+    x = torch.randn(4, 6)
+    auto(x).sum().backward()
+    once = [l.weight.grad.clone() for l in auto.bio_layers()]
+    with pytest.warns(UserWarning, match="apply it twice"):
+        auto.fuzzy_learning_rates()
+    for layer, g in zip(auto.bio_layers(), once):
+        assert torch.equal(layer.weight.grad, g)
+
+
+def test_default_automatic_is_fuzzy():
+    assert biofx.BioConfig().automatic == ("fuzzy",)
+
+
+def test_only_layers_of_the_stepping_optimizer_are_touched():
+    model = MLP()
+    bio = biofx.transform(model, automatic=("fuzzy", "crystallize"), crystal_thresh=1.0)
+    opt = torch.optim.SGD([bio.fc1.weight, bio.fc1.bias], lr=0.1)  # only fc1
+    fc1, fc2 = bio.bio_layers()
+    f2 = fc2.fuzzy_lr.clone()
+    train_step(bio, opt, torch.randn(3, 6))
+    assert int(fc1.step) == 1 and int(fc2.step) == 0
+    assert torch.equal(fc2.fuzzy_lr, f2)
+
+
+def test_dynamic_updates_run_at_optimizer_step_when_automatic():
+    bio = biofx.transform(MLP(), fuzzy_lr_distribution="temporal", fuzzy_lr_dynamic=True, fuzzy_lr_update_freq=1,
+                          fuzzy_lr_decay=0.5)
+    opt = torch.optim.SGD(bio.parameters(), lr=0.0)
+    f0 = bio.bio_layers()[0].fuzzy_lr.clone()
+    train_step(bio, opt, torch.randn(2, 6))
+    torch.testing.assert_close(bio.bio_layers()[0].fuzzy_lr, 1 + (f0 - 1) * 0.5)
+    with pytest.warns(UserWarning, match="automatically"):
+        bio.update_fuzzy_learning_rates()
+    torch.testing.assert_close(bio.bio_layers()[0].fuzzy_lr, 1 + (f0 - 1) * 0.5)
+
+
+def test_works_with_any_optimizer():
+    for opt_cls in (torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop):
+        bio = biofx.transform(MLP(), automatic=("fuzzy", "volume", "crystallize"))
+        opt = opt_cls(bio.parameters(), lr=1e-2)
+        losses = []
+        x, y = torch.randn(32, 6), torch.randn(32, 4)
+        for _ in range(30):
+            opt.zero_grad()
+            loss = (bio(x) - y).square().mean()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < losses[0]
+
+
+def test_advance_step_by_hand():
+    bio = biofx.transform(MLP(), automatic=("volume",))
+    bio.advance_step()
+    assert all(int(l.step) == 1 for l in bio.bio_layers())
+
+
+def test_l1_reg_is_differentiable_weight_norm():
+    bio = biofx.transform(MLP())
+    l1 = bio.l1_reg()
+    expected = bio.fc1.weight.abs().sum() + bio.fc2.weight.abs().sum()
+    torch.testing.assert_close(l1, expected)
+    l1.backward()
+    torch.testing.assert_close(bio.fc1.weight.grad, bio.fc1.weight.sign())
