@@ -91,7 +91,7 @@ for _dims, _cls, _fn in ((1, nn.Conv1d, F.conv1d), (2, nn.Conv2d, F.conv2d), (3,
     )
 
 
-@graph_leaf
+@graph_leaf("layer")
 def transposed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``x @ weight + bias`` for a weight stored [in, out] (Hugging Face's GPT-2 ``Conv1D``)."""
     out = x.matmul(weight)

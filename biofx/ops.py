@@ -17,7 +17,7 @@ from .mechanisms import dale, fuzzy, volume
 __all__ = ["dale_weight", "fuzzy_grad", "volume_grad", "weight_split"]
 
 
-@graph_leaf
+@graph_leaf("dale")
 def dale_weight(weight: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     """Dale parametrization: ``sign·relu(sign·w)``."""
     return dale.constrain(weight, sign)
@@ -55,13 +55,13 @@ class _VolumeGrad(torch.autograd.Function):
         return (grad.float() * scale).to(grad.dtype), None, None, None, None, None
 
 
-@graph_leaf
+@graph_leaf("fuzzy")
 def fuzzy_grad(weight: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
     """Identity forward; backward ``g ← g·f`` (synaptic diversity)."""
     return _FuzzyGrad.apply(weight, multipliers)
 
 
-@graph_leaf
+@graph_leaf("volume")
 def volume_grad(
     weight: torch.Tensor,
     key: torch.Tensor,
@@ -74,7 +74,7 @@ def volume_grad(
     return _VolumeGrad.apply(weight, key, step, base_lr, stability_factor, lr_variability)
 
 
-@graph_leaf
+@graph_leaf("weight_split")
 def weight_split(output: torch.Tensor, gamma: int, dim: int) -> torch.Tensor:
     """Multi-synaptic connectivity: sum groups of Γ consecutive units, give each member the sum.
 

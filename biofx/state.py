@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from . import rng
+from ._leaf import bio_annotation
 from .config import BioConfig, Distribution
 from .layers import LayerKind
 from .mechanisms import crystallize, dale, fuzzy, rejuvenate, scaling, volume
@@ -145,7 +146,7 @@ class BioSynapses(nn.Module):
     def forward(self, output: torch.Tensor) -> torch.Tensor:
         """Count the layer's activity (training mode only); return ``output`` unchanged."""
         if self.training:
-            with torch.no_grad():
+            with torch.no_grad(), bio_annotation("activity"):
                 y = output.detach().float().movedim(self.kind.channel_dim, -1)
                 y = y.reshape(-1, y.shape[-1])
                 self.activity_sum.add_(torch.relu(y).sum(0))
