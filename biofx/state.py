@@ -215,11 +215,17 @@ class BioSynapses(nn.Module):
         self._updates += 1
         self.updates.add_(1)
         if dist is Distribution.TEMPORAL:
-            fuzzy.temporal_update(self.fuzzy_lr, self._updates, self.rng_key, self.config)
+            fuzzy.temporal_update(self.fuzzy_lr, self._updates, self.updates, self.rng_key, self.config)
         else:
             self.fold_activity()
             fuzzy.activity_update(
-                self.fuzzy_lr, self.activity_count, self.kind.out_axis, self._updates, self.rng_key, self.config
+                self.fuzzy_lr,
+                self.activity_count,
+                self.kind.out_axis,
+                self._updates,
+                self.updates,
+                self.rng_key,
+                self.config,
             )
 
     @torch.no_grad()

@@ -74,9 +74,9 @@ def apply(grad: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
 
 
 def temporal_update(
-    multipliers: torch.Tensor, update: int, key: torch.Tensor, config: BioConfig
+    multipliers: torch.Tensor, update: int, counter: torch.Tensor, key: torch.Tensor, config: BioConfig
 ) -> None:
-    """TEMPORAL, in place, for the ``update``-th update (1-based).
+    """TEMPORAL, in place, for the ``update``-th update (1-based; ``counter`` is it as a tensor).
 
     On every ``fuzzy_lr_update_freq``-th update ``f ← 1 + (f − 1)·fuzzy_lr_decay``; on every
     tenth of those, noise ``0.1·U(−ν, ν)`` is added; then f is clamped.
@@ -86,7 +86,6 @@ def temporal_update(
         return
     multipliers.sub_(1.0).mul_(config.fuzzy_lr_decay).add_(1.0)
     if update % (10 * freq) == 0:
-        counter = torch.tensor(update, device=key.device)
         u = rng.uniform(multipliers.shape, key, counter, rng.TEMPORAL)
         multipliers.add_(0.1 * config.fuzzy_learning_rate_factor_nu * (2.0 * u - 1.0))
     multipliers.clamp_(config.fuzzy_lr_min, config.fuzzy_lr_max)
@@ -97,10 +96,12 @@ def activity_update(
     counts: torch.Tensor,
     out_axis: int,
     update: int,
+    counter: torch.Tensor,
     key: torch.Tensor,
     config: BioConfig,
 ) -> None:
-    """ACTIVITY, in place, on the first update and every ``fuzzy_lr_update_freq``-th one.
+    """ACTIVITY, in place, on the first update and every ``fuzzy_lr_update_freq``-th one
+    (``update`` counts from 1; ``counter`` is it as a tensor, keying the draw).
 
     ``c_i`` counts how often output unit i exceeded 0.01 in magnitude;
     ``a_i = clamp(1 + 0.1·(c_i/mean c − 1), 0.8, 1.2)``; row i is redrawn as
@@ -112,6 +113,5 @@ def activity_update(
     shape = [1] * multipliers.dim()
     shape[out_axis] = -1
     nu = (config.fuzzy_learning_rate_factor_nu * (2.0 - activity)).view(shape)
-    counter = torch.tensor(update, device=key.device)
     u = rng.uniform(multipliers.shape, key, counter, rng.ACTIVITY)
     multipliers.copy_(torch.clamp(_uniform_around_one(u, nu), config.fuzzy_lr_min, config.fuzzy_lr_max))
