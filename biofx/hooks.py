@@ -28,8 +28,8 @@ _CACHE: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.Weak
 
 def _layers_of(optimizer: torch.optim.Optimizer) -> list[BioSynapses]:
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    live = live_synapses()
-    signature = (len(params), len(live))
+    registrations, live = live_synapses()
+    signature = (len(params), registrations)
     cached = _CACHE.get(optimizer)
     if cached is not None and cached[0] == signature:
         return [s for s in (ref() for ref in cached[1]) if s is not None]

@@ -38,8 +38,15 @@ from .mechanisms import crystallize, dale, fuzzy, rejuvenate, scaling, volume
 
 log = logging.getLogger("biofx")
 
-# Every live BioSynapses, for the optimizer-step hooks (see biofx.hooks).
+# Every live BioSynapses, for the optimizer-step hooks (see biofx.hooks), and a counter of
+# registrations so the hooks know when to look again.
 _LIVE: "weakref.WeakSet[BioSynapses]" = weakref.WeakSet()
+_REGISTRATIONS = [0]
+
+
+def _register(synapses: "BioSynapses") -> None:
+    _LIVE.add(synapses)
+    _REGISTRATIONS[0] += 1
 
 
 class BioSynapses(nn.Module):
@@ -96,7 +103,7 @@ class BioSynapses(nn.Module):
         self._updates = 0
         self._step = 0
         if self.managed:
-            _LIVE.add(self)
+            _register(self)
 
     # -- plumbing --------------------------------------------------------------------------
     @property
@@ -113,7 +120,7 @@ class BioSynapses(nn.Module):
     def __setstate__(self, state: dict) -> None:  # pickle and deepcopy
         super().__setstate__(state)
         if self.managed:
-            _LIVE.add(self)
+            _register(self)
 
     def _sync_counters(self) -> None:
         """Host mirrors of the counters, for schedule decisions without a device sync."""
@@ -270,5 +277,6 @@ def _presynaptic_units(layer: nn.Module, kind: LayerKind) -> int:
     return layer.weight.shape[kind.in_axis] * getattr(layer, "groups", 1)
 
 
-def live_synapses() -> list[BioSynapses]:
-    return list(_LIVE)
+def live_synapses() -> tuple[int, list[BioSynapses]]:
+    """The registration count and every live, managed BioSynapses."""
+    return _REGISTRATIONS[0], list(_LIVE)

@@ -215,3 +215,39 @@ def test_agrees_on_conv2d_weight_splitting():
     theirs = RefConverter(weight_splitting_Gamma=2)(model)
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_resnet_like_pretrained_model_converts():
+    """The docs convert a torchvision ResNet; a residual CNN with BatchNorm and a downsample path."""
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            out = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(out)) + self.downsample(x))
+
+    class TinyResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.layer1 = Block(8, 16, 2)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(self.layer1(self.stem(x))), 1))
+
+    pretrained = TinyResNet().eval()
+    reference = copy.deepcopy(pretrained)
+    bio = BioConverter(fuzzy_lr_distribution="baseline").convert(pretrained)
+    assert [l.layer_name for l in bio.bio_layers()] == [
+        "stem", "layer1.conv1", "layer1.conv2", "layer1.downsample.0", "fc"]
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(bio(x), reference(x), rtol=0, atol=0)

@@ -103,3 +103,15 @@ def test_l1_reg_is_differentiable_weight_norm():
     torch.testing.assert_close(l1, expected)
     l1.backward()
     torch.testing.assert_close(bio.fc1.weight.grad, bio.fc1.weight.sign())
+
+
+def test_retransforming_the_same_model_keeps_automatic_mechanisms():
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = biofx.transform(model, automatic=("crystallize",), crystal_thresh=1.0)
+    train_step(first, opt, torch.randn(2, 6))
+    del first
+    second = biofx.transform(model, automatic=("crystallize",), crystal_thresh=1.0, fuzzy_lr_distribution="baseline")
+    train_step(second, opt, torch.randn(2, 6))
+    assert int(second.bio_layers()[0].step) == 1
+    assert (second.bio_layers()[0].fuzzy_lr < 1).any()  # crystallized at this step
