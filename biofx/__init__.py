@@ -13,6 +13,8 @@ from .state import BioSynapses
 from .tracing import BioTracer, TraceError
 from .transform import TransformReport, transform
 from .compat import BioConverter
+from .viz import draw, to_networkx
+from .summary import Summary, summary
 
 __version__ = "0.1.0"
 
@@ -31,4 +33,8 @@ __all__ = [
     "BioConverter",
     "LayerKind",
     "register_layer_kind",
+    "to_networkx",
+    "draw",
+    "summary",
+    "Summary",
 ]

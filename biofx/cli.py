@@ -213,10 +213,10 @@ def _show(value: Any) -> str:
 
 
 def _field_docs() -> dict[str, str]:
-    """``field -> first sentence of its description`` from BioConfig's docstring."""
+    """``field -> its description`` from BioConfig's docstring, without reST markup."""
     text = BioConfig.__doc__ or ""
     docs = {}
     for match in re.finditer(r"^\s+(\w+): (.+?)(?=\n\s+\w+: |\n\s*\n|\Z)", text, re.M | re.S):
-        sentence = " ".join(match.group(2).split())
-        docs[match.group(1)] = sentence.replace("%", "%%")  # argparse formats help with %
+        description = re.sub(r":\w+:`([^`]+)`", r"\1", " ".join(match.group(2).split())).replace("``", "")
+        docs[match.group(1)] = description.replace("%", "%%")  # argparse formats help with %
     return docs

@@ -60,7 +60,7 @@ def to_networkx(gm: fx.GraphModule, example_inputs: Any = None) -> nx.DiGraph:
 
     Args:
         gm: any ``torch.fx.GraphModule`` (a bio model or a plain traced one).
-        example_inputs: a tensor or a tuple of positional inputs; when given, every
+        example_inputs: a tensor, or a tuple (or list) of positional inputs; when given, every
             tensor-valued node also gets ``shape`` (a tuple) and ``dtype``.
 
     Node keys are the fx node names; attributes: ``op``, ``target`` (a string), ``biofx``
@@ -112,7 +112,7 @@ def to_graphviz(
     if title:
         dot.attr(label=title, labelloc="t", fontsize="16")
     nodes = {name: _node_attrs(gm, name, data) for name, data in graph.nodes(data=True)}
-    modules = {name: data["module"] if cluster_by_module else None for name, data in graph.nodes(data=True)}
+    modules = {name: _box_of(data) if cluster_by_module else None for name, data in graph.nodes(data=True)}
     _emit_nodes(dot, nodes, modules)
     for source, target in graph.edges:
         dot.edge(source, target)
@@ -163,8 +163,9 @@ def _propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> dict:
     try:
         with torch.no_grad():
             try:
-                # ShapeProp prints a traceback before it raises: check the inputs with a plain call first.
-                gm(*inputs)
+                # ShapeProp and GraphModule.__call__ print a traceback before they raise: check
+                # the inputs with a quiet call of the generated forward first.
+                gm.forward(*inputs)
             except Exception as err:
                 raise ValueError(
                     f"example_inputs do not fit {type(gm).__name__}: {type(err).__name__}: {err}"
@@ -236,6 +237,13 @@ def _node_attrs(gm: fx.GraphModule, name: str, data: dict) -> dict:
     if data["op"] in ("placeholder", "output"):
         attrs["shape"] = "ellipse"
     return attrs
+
+
+def _box_of(data: dict) -> Optional[str]:
+    """The module whose cluster may hold the node: a plain module call sits in its parent's box."""
+    if data["op"] == "call_module" and data["biofx"] is None:
+        return data["module"].rpartition(".")[0]
+    return data["module"]
 
 
 def _prefixes(module: str) -> list[str]:

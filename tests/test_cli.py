@@ -1,0 +1,181 @@
+"""The biofx command line: graph, summary and demo subcommands, config flags, error handling."""
+
+import dataclasses
+import subprocess
+import sys
+import types
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import biofx
+from biofx import cli
+
+pytest.importorskip("graphviz")
+
+SVG_TEXT = "{http://www.w3.org/2000/svg}text"
+USER_MODULE = """
+import torch.nn as nn
+
+def build():
+    return nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+
+model = build()
+not_a_model = 3
+
+def broken():
+    raise KeyError("boom")
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A user module ``biofx_cli_user`` on sys.path (removed from sys.modules afterwards)."""
+    (tmp_path / "biofx_cli_user.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "biofx_cli_user", raising=False)
+    yield "biofx_cli_user"
+    sys.modules.pop("biofx_cli_user", None)
+
+
+def _flag(field):
+    return "--" + field.name.replace("_", "-")
+
+
+# -- config flags --------------------------------------------------------------------------
+def test_every_config_field_has_a_flag(capsys):
+    assert cli.main(["summary", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    for field in dataclasses.fields(biofx.BioConfig):
+        assert _flag(field) in help_text, field.name
+    assert "--no-apply-dales-principle" in help_text
+
+
+def test_flags_build_the_config():
+    args = cli.build_parser().parse_args(
+        [
+            "summary",
+            "mlp",
+            "--weight-splitting-Gamma", "2",
+            "--apply-dales-principle",
+            "--fuzzy-lr-distribution", "normal",
+            "--automatic", "fuzzy,volume",
+            "--fuzzy-learning-rate-factor-nu", "0.3",
+            "--weight-splitting-activation-function", "relu",
+            "--rejuvenation-rule", "lognormal",
+            "--seed", "3",
+        ]
+    )  # fmt: skip
+    expected = biofx.BioConfig(
+        weight_splitting_Gamma=2,
+        apply_dales_principle=True,
+        fuzzy_lr_distribution="normal",
+        automatic=("fuzzy", "volume"),
+        fuzzy_learning_rate_factor_nu=0.3,
+        weight_splitting_activation_function="relu",
+        rejuvenation_rule="lognormal",
+        seed=3,
+    )
+    assert cli.config_from_args(args) == expected
+
+
+def test_unset_flags_keep_the_defaults_and_negations_work():
+    parse = cli.build_parser().parse_args
+    assert cli.config_from_args(parse(["summary", "mlp"])) == biofx.BioConfig()
+    config = cli.config_from_args(parse(["summary", "mlp", "--no-fuzzy-lr-dynamic", "--automatic", "none"]))
+    assert config.fuzzy_lr_dynamic is False and config.automatic == ()
+
+
+# -- summary and graph ---------------------------------------------------------------------
+def test_summary_of_a_zoo_model(capsys):
+    assert cli.main(["summary", "mlp", "--weight-splitting-Gamma", "2", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[1] == "BioMLP (biofx)"
+    for name in ("fc1", "fc2", "out"):
+        assert any(line.startswith(f"{name} ") for line in lines)
+    assert "Bio layers: 3" in lines
+    assert "weight_split (Γ=2)" in out
+
+
+def test_graph_of_a_zoo_model(tmp_path, capsys):
+    out = tmp_path / "cnn.svg"
+    argv = ["graph", "cnn", "-o", str(out), "--cluster", "--title", "CNN", "--apply-dales-principle"]
+    assert cli.main(argv + ["--automatic", "fuzzy,volume", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out} (")
+    texts = {t.text for t in ET.parse(out).iter(SVG_TEXT)}
+    assert {"CNN", "conv2d", "dale_weight", "fuzzy_grad", "volume_grad", "[2, 32, 32, 32]"} <= texts
+
+
+def test_graph_and_summary_of_a_user_callable(tmp_path, user_module, capsys):
+    out = tmp_path / "user.png"
+    assert cli.main(["graph", f"{user_module}:build", "-o", str(out), "--input-shape", "3,6"]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["summary", f"{user_module}:model"]) == 0  # an nn.Module instance works too
+    assert "BioSequential (biofx)" in capsys.readouterr().out
+
+
+def test_input_shape_sets_the_shapes(tmp_path, user_module):
+    out = tmp_path / "user.svg"
+    assert cli.main(["graph", f"{user_module}:build", "-o", str(out), "--input-shape", "5,6"]) == 0
+    texts = {t.text for t in ET.parse(out).iter(SVG_TEXT)}
+    assert {"[5, 6]", "[5, 4]", "[5, 2]"} <= texts
+
+
+# -- user mistakes: one line on stderr, exit status 2 ----------------------------------------
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["summary", "nope"], "unknown model 'nope': use a zoo name (mlp, cnn, residual) or package.module:callable"),
+        (["summary", "no_such_module_xyz:build"], "cannot import 'no_such_module_xyz'"),
+        (["summary", "{user}:missing"], "has no attribute 'missing'"),
+        (["summary", "{user}:not_a_model"], "neither an nn.Module nor a callable"),
+        (["summary", "{user}:broken"], "calling {user}:broken failed: KeyError: 'boom'"),
+        (["graph", "{user}:build", "-o", "{tmp}/g.svg"], "pass --input-shape (e.g. --input-shape 1,784)"),
+        (["graph", "mlp", "-o", "{tmp}/g.txt"], "the suffix must be one of .svg, .png, .pdf"),
+        (["graph", "mlp", "-o", "{tmp}/g.svg", "--input-shape", "2,5"], "example_inputs do not fit BioMLP"),
+        (["summary", "mlp", "--weight-splitting-Gamma", "3"], "weight_splitting_Gamma (3) must evenly divide"),
+        (["summary", "mlp", "--base-lr", "2"], "BioConfig.base_lr must be in (0.0, 1.0), got 2.0"),
+        (["summary", "mlp", "--automatic", "fuzzy,bogus"], "unknown mechanism 'bogus'"),
+        (["summary", "mlp", "--fuzzy-lr-distribution", "bogus"], "invalid choice: 'bogus'"),
+        (["graph", "mlp", "-o", "{tmp}/g.svg", "--input-shape", "a,b"], "invalid shape 'a,b'"),
+        (["graph", "mlp"], "the following arguments are required: -o/--output"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_user_mistakes_exit_2_with_a_message(argv, message, tmp_path, user_module, capsys):
+    fill = {"user": user_module, "tmp": str(tmp_path)}
+    assert cli.main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message.format(**fill) in err
+    assert "Traceback" not in err
+
+
+# -- demo ----------------------------------------------------------------------------------
+def test_demo_gets_every_argument_after_demo(monkeypatch):
+    seen = []
+    fake = types.ModuleType("biofx.demo")
+    fake.main = lambda argv: seen.append(argv) or 7
+    monkeypatch.setitem(sys.modules, "biofx.demo", fake)
+    assert cli.main(["demo", "--epochs", "1", "--help", "graph"]) == 7
+    assert seen == [["--epochs", "1", "--help", "graph"]]
+
+
+def test_missing_demo_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "biofx.demo", None)  # importing it fails as if the file were absent
+    assert cli.main(["demo"]) == 2
+    assert "biofx demo: error: this biofx installation has no demo" in capsys.readouterr().err
+
+
+def test_python_dash_m_biofx(tmp_path):
+    out = tmp_path / "mlp.svg"
+    result = subprocess.run(
+        [sys.executable, "-m", "biofx", "graph", "mlp", "-o", str(out), "--weight-splitting-Gamma", "2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out}")
+    assert "weight_split" in {t.text for t in ET.parse(out).iter(SVG_TEXT)}
