@@ -51,8 +51,8 @@ class _VolumeGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weight, key, step = ctx.saved_tensors
-        scale = volume.factor(weight, key, step, ctx.base_lr, ctx.stability_factor, ctx.lr_variability)
-        return (grad.float() * scale).to(grad.dtype), None, None, None, None, None
+        scaled = volume.scale(grad, weight, key, step, ctx.base_lr, ctx.stability_factor, ctx.lr_variability)
+        return scaled, None, None, None, None, None
 
 
 @graph_leaf("fuzzy")

@@ -189,8 +189,7 @@ class BioSynapses(nn.Module):
     def apply_volume(self) -> None:
         """``g ← g·|N(μ, lr_variability·μ)|`` with this step's noise."""
         grad = self.require_grad()
-        factor = volume.factor_for(self.weight, self.rng_key, self.step, self.config)
-        grad.copy_((grad.float() * factor).to(grad.dtype))
+        grad.copy_(volume.scale_for(grad, self.weight, self.rng_key, self.step, self.config))
 
     def crystallize(self) -> None:
         """Dampen f where the step's gradient says the weight is settled or strongly driven."""

@@ -4,6 +4,12 @@ import pytest
 import torch
 import torch.nn as nn
 
+import biofx.kernels
+
+# Fused kernels compile on first use (seconds each); the suite tests the plain functions and
+# checks the fused ones against them in tests/test_kernels.py.
+biofx.kernels.set_enabled(False)
+
 
 class MLP(nn.Module):
     def __init__(self, sizes=(6, 8, 4)):
@@ -30,5 +36,8 @@ def _seed():
     yield
 
 
-def weight_grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+@pytest.fixture
+def fused_kernels():
+    biofx.kernels.set_enabled(True)
+    yield
+    biofx.kernels.set_enabled(False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..config import BioConfig
+from ..kernels import fused
 
 
 def mask(weight: torch.Tensor, grad: torch.Tensor, crystal_thresh: float) -> torch.Tensor:
@@ -19,7 +20,14 @@ def mask(weight: torch.Tensor, grad: torch.Tensor, crystal_thresh: float) -> tor
     return (g / w < crystal_thresh) | (g > w.mean())
 
 
+@fused
+def crystallized(
+    multipliers: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, crystal_thresh: float, dampening: float
+) -> torch.Tensor:
+    """The multipliers after one crystallization (one pass, no host sync, no indexing)."""
+    return multipliers * torch.where(mask(weight, grad, crystal_thresh), dampening, 1.0)
+
+
 def crystallize_(multipliers: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, config: BioConfig) -> None:
-    """Dampen ``multipliers`` in place where :func:`mask` holds (no host sync, no indexing)."""
-    hit = mask(weight, grad, config.crystal_thresh)
-    multipliers.mul_(torch.where(hit, config.dampening_factor, 1.0))
+    """Dampen ``multipliers`` in place where :func:`mask` holds."""
+    multipliers.copy_(crystallized(multipliers, weight, grad, config.crystal_thresh, config.dampening_factor))

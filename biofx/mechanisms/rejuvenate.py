@@ -20,6 +20,42 @@ from typing import Optional
 import torch
 
 from .. import rng
+from ..kernels import fused
+
+
+@fused
+def rejuvenated(
+    weight: torch.Tensor,
+    dre: float,
+    key: torch.Tensor,
+    counter: torch.Tensor,
+    sign: Optional[torch.Tensor] = None,
+    rule: str = "paper",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rejuvenated weight and how many entries were replaced (0-d tensor)."""
+    w = weight.detach()
+    finite = torch.isfinite(w)
+    magnitude = torch.where(finite, w.float().abs(), 0.0)
+    u = rng.uniform(w.shape, key, counter, rng.REJUVENATE_VALUE)
+    if rule == "paper":
+        max_w = magnitude.amax()
+        threshold = rng.normal(w.shape, key, counter, rng.REJUVENATE_THRESHOLD).abs() * (max_w / dre)
+        replace = (threshold > magnitude) | ~finite
+        new = (2.0 * u - 1.0) * max_w
+        kept = w.float()
+    else:
+        kept = torch.where(finite, w.float(), 0.0).clamp(-1.0, 1.0)
+        mean = kept.mean().clamp(min=1e-8)
+        std = kept.std().nan_to_num(0.0).clamp(min=1e-8)
+        log_var = torch.log1p(std * std / (mean * mean))
+        log_mean = torch.log(mean) - 0.5 * log_var
+        probability = torch.exp(-dre * kept.abs() / std)
+        replace = (rng.uniform(w.shape, key, counter, rng.REJUVENATE_THRESHOLD) < probability) | ~finite
+        z = rng.normal(w.shape, key, counter + 0x7FFF, rng.REJUVENATE_VALUE)
+        new = torch.exp(log_mean + 0.5 * torch.sqrt(log_var) * z).clamp(-1.0, 1.0)
+    if sign is not None:
+        new = new.abs() * sign
+    return torch.where(replace, new, kept).to(w.dtype), replace.sum()
 
 
 def rejuvenate_(
@@ -31,27 +67,6 @@ def rejuvenate_(
     rule: str = "paper",
 ) -> torch.Tensor:
     """Rejuvenate ``weight`` in place; returns how many entries were replaced."""
-    w = weight.detach()
-    finite = torch.isfinite(w)
-    magnitude = torch.where(finite, w.float().abs(), 0.0)
-    u = rng.uniform(w.shape, key, counter, rng.REJUVENATE_VALUE)
-    if rule == "paper":
-        max_w = magnitude.amax()
-        threshold = rng.normal(w.shape, key, counter, rng.REJUVENATE_THRESHOLD).abs() * (max_w / dre)
-        replace = (threshold > magnitude) | ~finite
-        new = (2.0 * u - 1.0) * max_w
-    else:
-        clamped = torch.where(finite, w.float(), 0.0).clamp(-1.0, 1.0)
-        mean = clamped.mean().clamp(min=1e-8)
-        std = clamped.std().nan_to_num(0.0).clamp(min=1e-8)
-        log_var = torch.log1p(std * std / (mean * mean))
-        log_mean = torch.log(mean) - 0.5 * log_var
-        probability = torch.exp(-dre * clamped.abs() / std)
-        replace = (rng.uniform(w.shape, key, counter, rng.REJUVENATE_THRESHOLD) < probability) | ~finite
-        z = rng.normal(w.shape, key, counter + 0x7FFF, rng.REJUVENATE_VALUE)
-        new = torch.exp(log_mean + 0.5 * torch.sqrt(log_var) * z).clamp(-1.0, 1.0)
-        w.copy_(clamped.to(w.dtype))
-    if sign is not None:
-        new = new.abs() * sign
-    w.copy_(torch.where(replace, new.to(w.dtype), w))
-    return replace.sum()
+    new, count = rejuvenated(weight, dre, key, counter, sign, rule)
+    weight.detach().copy_(new)
+    return count

@@ -13,6 +13,7 @@ import torch
 
 from .. import rng
 from ..config import BioConfig
+from ..kernels import fused
 
 
 def factor(
@@ -30,5 +31,20 @@ def factor(
     return mu * (1.0 + lr_variability * z).abs()
 
 
-def factor_for(weight: torch.Tensor, key: torch.Tensor, step: torch.Tensor, config: BioConfig) -> torch.Tensor:
-    return factor(weight, key, step, config.base_lr, config.stability_factor, config.lr_variability)
+@fused
+def scale(
+    grad: torch.Tensor,
+    weight: torch.Tensor,
+    key: torch.Tensor,
+    step: torch.Tensor,
+    base_lr: float,
+    stability_factor: float,
+    lr_variability: float,
+) -> torch.Tensor:
+    """``g·|N(μ, lr_variability·μ)|`` in one pass (computed in float32, returned in g's dtype)."""
+    return (grad.float() * factor(weight, key, step, base_lr, stability_factor, lr_variability)).to(grad.dtype)
+
+
+def scale_for(grad: torch.Tensor, weight: torch.Tensor, key: torch.Tensor, step: torch.Tensor, config: BioConfig):
+    """:func:`scale` with the parameters of ``config``."""
+    return scale(grad, weight, key, step, config.base_lr, config.stability_factor, config.lr_variability)

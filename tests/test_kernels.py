@@ -1,0 +1,63 @@
+"""Fused kernels equal the plain functions, and fall back cleanly when compiling fails."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import biofx
+from biofx import kernels
+from biofx.mechanisms import crystallize, rejuvenate, volume
+
+
+def test_fused_equals_unfused(fused_kernels):
+    w = torch.randn(37, 23)
+    g = torch.randn(37, 23)
+    f = torch.rand(37, 23) + 0.5
+    key, step = torch.tensor(9), torch.tensor(4)
+    torch.testing.assert_close(volume.scale(g, w, key, step, 0.1, 2.0, 0.2),
+                               volume.scale.unfused(g, w, key, step, 0.1, 2.0, 0.2), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(crystallize.crystallized(f, w, g, 0.5, 0.6),
+                               crystallize.crystallized.unfused(f, w, g, 0.5, 0.6))
+    new, count = rejuvenate.rejuvenated(w, 8.0, key, step)
+    new_u, count_u = rejuvenate.rejuvenated.unfused(w, 8.0, key, step)
+    torch.testing.assert_close(new, new_u)
+    assert int(count) == int(count_u) > 0
+
+
+def test_training_with_fused_kernels_matches_plain_functions(fused_kernels):
+    base = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    cfg = dict(automatic=("fuzzy", "volume", "crystallize"), rejuvenate_every=2, seed=1)
+    runs = []
+    for enabled in (True, False):
+        kernels.set_enabled(enabled)
+        bio = biofx.transform(copy.deepcopy(base), **cfg)
+        opt = torch.optim.SGD(bio.parameters(), lr=0.1)
+        for step in range(3):
+            opt.zero_grad()
+            bio(torch.ones(4, 8) * step).square().mean().backward()
+            opt.step()
+        runs.append(bio.state_dict())
+    for key in runs[0]:
+        torch.testing.assert_close(runs[0][key], runs[1][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_compile_failure_falls_back_with_warning(monkeypatch, fused_kernels):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+
+    @kernels.fused
+    def double(x):
+        return 2 * x
+
+    with pytest.warns(RuntimeWarning, match="unfused"):
+        assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0))
+    assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0))  # no second attempt, no warning
+
+
+def test_set_enabled_validates():
+    with pytest.raises(TypeError):
+        kernels.set_enabled("yes")
