@@ -33,8 +33,10 @@ def _layers_of(optimizer: torch.optim.Optimizer) -> list[BioSynapses]:
     cached = _CACHE.get(optimizer)
     if cached is not None and cached[0] == signature:
         return [s for s in (ref() for ref in cached[1]) if s is not None]
-    ids = {id(p) for p in params}
-    layers = sorted((s for s in live if id(s.weight) in ids), key=lambda s: (id(s.layer), s.index))
+    position = {id(p): i for i, p in enumerate(params)}
+    # Order by the optimizer's parameter order: the same on every rank, so collectives
+    # (activity statistics under DDP) are issued in the same order everywhere.
+    layers = sorted((s for s in live if id(s.weight) in position), key=lambda s: position[id(s.weight)])
     _CACHE[optimizer] = (signature, [weakref.ref(s) for s in layers])
     return layers
 

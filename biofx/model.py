@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
-from .state import BioSynapses
+from .state import RANK_LOCAL_BUFFERS, BioSynapses
 
 __all__ = ["BioMethods", "BioGraphModule"]
 
@@ -37,7 +37,7 @@ class BioMethods:
 
     def _explicit(self, mechanism: str, method: str) -> list[BioSynapses]:
         """Layers the explicit ``method`` must act on (raising if a gradient is missing)."""
-        layers = self.bio_layers()
+        layers = [layer for layer in self.bio_layers() if layer.weight.requires_grad]  # frozen: skipped
         for layer in layers:
             layer.require_grad()
         manual = [layer for layer in layers if not layer.automatic(mechanism)]
@@ -59,7 +59,7 @@ class BioMethods:
 
     @torch.no_grad()
     def volume_dependent_lr(self) -> None:
-        """Volume-dependent plasticity: ``g ← g·|N(μ, lr_variability·μ)|``, μ = base_lr·exp(−s·|w|/(|w|+1))."""
+        """Volume-dependent plasticity: ``g ← g·|N(μ, lr_variability·μ)|``, ``μ = base_lr·exp(−s·|w|/(|w|+1))``."""
         for layer in self._explicit("volume", "volume_dependent_lr"):
             layer.apply_volume()
 
@@ -134,6 +134,22 @@ class BioMethods:
         for layer in self.bio_layers():
             layer.step.add_(1)
             layer.advance()
+
+    # -- distributed ------------------------------------------------------------------------
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """Names DistributedDataParallel leaves alone: the per-rank activity accumulators.
+
+        DDP re-broadcasts buffers from rank 0 at every forward; these count each rank's own
+        activity until the optimizer step sums them over ranks (with gradient accumulation
+        and no ``no_sync()`` too). Names a user adds are kept.
+        """
+        local = [n for n, _ in self.named_buffers() if n.rsplit(".", 1)[-1] in RANK_LOCAL_BUFFERS]
+        return [*self.__dict__.get("_biofx_ddp_ignore", []), *local]
+
+    @_ddp_params_and_buffers_to_ignore.setter
+    def _ddp_params_and_buffers_to_ignore(self, names) -> None:
+        self.__dict__["_biofx_ddp_ignore"] = list(names)
 
     # -- checkpoints ------------------------------------------------------------------------
     def plain_state_dict(self) -> dict:

@@ -70,7 +70,7 @@ def volume_grad(
     stability_factor: float,
     lr_variability: float,
 ) -> torch.Tensor:
-    """Identity forward; backward ``g ← g·|N(μ, lr_variability·μ)|``, μ = base_lr·exp(−s·|w|/(|w|+1))."""
+    """Identity forward; backward ``g ← g·|N(μ, lr_variability·μ)|``, ``μ = base_lr·exp(−s·|w|/(|w|+1))``."""
     return _VolumeGrad.apply(weight, key, step, base_lr, stability_factor, lr_variability)
 
 

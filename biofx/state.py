@@ -38,6 +38,10 @@ from .mechanisms import crystallize, dale, fuzzy, rejuvenate, scaling, volume
 
 log = logging.getLogger("biofx")
 
+#: Buffers that count activity per rank between optimizer steps (summed over ranks at the
+#: step), which DistributedDataParallel must not overwrite with rank 0's at each forward.
+RANK_LOCAL_BUFFERS = ("activity_sum", "activity_active", "activity_n")
+
 # Every live BioSynapses, for the optimizer-step hooks (see biofx.hooks), and a counter of
 # registrations so the hooks know when to look again.
 _LIVE: "weakref.WeakSet[BioSynapses]" = weakref.WeakSet()
@@ -97,9 +101,9 @@ class BioSynapses(nn.Module):
             self.register_buffer("dale_sign", sign.to(device))
         if config.tracks_activity:
             channels = kind.out_features(layer)
-            for buffer in ("activity_count", "activity_mean", "activity_sum", "activity_active"):
+            for buffer in ("activity_count", "activity_mean", *RANK_LOCAL_BUFFERS[:2]):
                 self.register_buffer(buffer, torch.zeros(channels, device=device))
-            self.register_buffer("activity_n", torch.zeros((), device=device))
+            self.register_buffer(RANK_LOCAL_BUFFERS[2], torch.zeros((), device=device))
         self._updates = 0
         self._step = 0
         if self.managed:

@@ -12,7 +12,7 @@ LOGNORMAL           f = exp(N(−ν²/2, ν))                       (mean 1)
 GAMMA               f ~ Gamma(shape 1/ν², rate 1/ν²)            (mean 1, std ν)
 BETA                f = 1 + (2·Beta(1/ν, 1/ν) − 1)·ν
 LAYER_ADAPTIVE      uniform with ν_l = ν·(1 − 0.5·l/L), l = layer position, L = layers
-WEIGHT_ADAPTIVE     uniform with ν_w = ν·clamp(2 − |w|/mean|w|, 0.5, 1.5)
+WEIGHT_ADAPTIVE     uniform with ``ν_w = ν·clamp(2 − |w|/mean|w|, 0.5, 1.5)``
 TEMPORAL            uniform, then decays towards 1 (:func:`temporal_update`)
 ACTIVITY            1, then rows redrawn from unit activity (:func:`activity_update`)
 ==================  =================================================================

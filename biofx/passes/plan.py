@@ -83,11 +83,16 @@ def plan_splitting(layers: list[BioLayer]) -> None:
         gamma = layer.config.weight_splitting_Gamma
         channels = layer.kind.out_features(layer.module)
         if channels % gamma:
+            fix = (
+                f"leave this layer unsplit with BioConverter.mark_skip_weight_splitting(model.{layer.name}) "
+                "or a ConfigMap entry"
+                if layer.name
+                else "turn splitting off with weight_splitting_Gamma=0"
+            )
             raise ValueError(
                 f"weight_splitting_Gamma ({gamma}) must evenly divide the number of features ({channels}) "
                 f"of layer {layer.name or '<root>'!r} ({layer.kind.name}, {channels} outputs). "
-                f"Choose a Γ that divides {channels}, or leave this layer unsplit with "
-                f"BioConverter.mark_skip_weight_splitting(model.{layer.name}) or a ConfigMap entry."
+                f"Choose a Γ that divides {channels}, or {fix}."
             )
         layer.split = True
 

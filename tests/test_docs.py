@@ -1,0 +1,146 @@
+"""The documentation's code examples run as tests.
+
+Every ``.. code-block:: python`` in ``docs/**/*.rst`` is extracted; each page's blocks run
+in order in one namespace, in a fresh temporary working directory. A block preceded by a
+``.. skip-test: <reason>`` comment is not run (only for what cannot run here, e.g. a
+multi-process launch). Pages whose code calls ``torch.compile`` are marked slow.
+
+The DDP tutorial's training script additionally runs in two processes
+(``torch.distributed.run``) and must report identical bio state on both ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import linecache
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. (?P<name>code-block|code|sourcecode)::[ \t]*(?P<lang>\S*)")
+SKIP = re.compile(r"^[ \t]*\.\. skip-test:(?P<reason>.*)$")
+MAX_SKIPS = 3
+
+
+@dataclasses.dataclass
+class Block:
+    page: Path
+    line: int  # 1-based line of the directive
+    code: str
+    caption: str
+    skip: str  # reason, or "" to run
+
+
+def extract_blocks(page: Path) -> list[Block]:
+    """The python code blocks of one reST page, in order."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        match = DIRECTIVE.match(line)
+        if not match or match["lang"] != "python":
+            continue
+        indent = len(match["indent"])
+        j, caption = i + 1, ""
+        while j < len(lines) and lines[j].strip().startswith(":"):  # directive options
+            option = lines[j].strip()
+            if option.startswith(":caption:"):
+                caption = option[len(":caption:") :].strip()
+            j += 1
+        body = []
+        while j < len(lines) and (not lines[j].strip() or _indent(lines[j]) > indent):
+            body.append(lines[j])
+            j += 1
+        code = textwrap.dedent("\n".join(body)).strip("\n") + "\n"
+        blocks.append(Block(page, i + 1, code, caption, _skip_reason(lines, i)))
+    return blocks
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _skip_reason(lines: list[str], directive: int) -> str:
+    """The reason of a ``.. skip-test:`` comment directly above the directive ("" if none)."""
+    k = directive - 1
+    while k >= 0 and not lines[k].strip():
+        k -= 1
+    match = SKIP.match(lines[k]) if k >= 0 else None
+    return match["reason"].strip() if match else ""
+
+
+PAGES = sorted(p for p in DOCS.rglob("*.rst") if "_build" not in p.parts)
+PAGES_WITH_CODE = [p for p in PAGES if extract_blocks(p)]
+
+
+def _page_param(page: Path):
+    slow = any("torch.compile(" in b.code for b in extract_blocks(page))
+    marks = [pytest.mark.slow] if slow else []
+    return pytest.param(page, id=str(page.relative_to(DOCS)), marks=marks)
+
+
+@pytest.mark.parametrize("page", [_page_param(p) for p in PAGES_WITH_CODE])
+def test_page_examples_run(page: Path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    namespace = {"__name__": f"docs_{page.stem}"}
+    for block in extract_blocks(page):
+        if block.skip:
+            continue
+        filename = f"{page.relative_to(DOCS)}:{block.line}"
+        linecache.cache[filename] = (len(block.code), None, block.code.splitlines(True), filename)
+        compiled = compile(block.code, filename, "exec")
+        exec(compiled, namespace)
+
+
+def test_examples_are_found_and_skips_are_rare_and_explained():
+    blocks = [b for p in PAGES for b in extract_blocks(p)]
+    assert len(blocks) >= 20, "the extractor found too few code blocks; did the directive syntax change?"
+    skipped = [b for b in blocks if b.skip]
+    assert len(skipped) <= MAX_SKIPS, [f"{b.page.name}:{b.line}" for b in skipped]
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        assert ".. skip-test::" not in text, f"{page.name}: write '.. skip-test: reason' (a comment)"
+        for line in text.splitlines():
+            if line.strip() == ".. skip-test:":
+                pytest.fail(f"{page.name}: a skip-test comment needs a reason")
+
+
+def test_extractor_reads_options_indentation_and_skips(tmp_path):
+    page = tmp_path / "p.rst"
+    page.write_text(
+        "Title\n=====\n\n"
+        ".. code-block:: python\n   :caption: a.py\n\n   x = 1\n\n   if x:\n       y = 2\n\nText.\n\n"
+        ".. skip-test: needs two GPUs\n\n"
+        ".. code-block:: python\n\n   raise SystemExit\n\n"
+        ".. code-block:: bash\n\n   echo no\n"
+    )
+    first, second = extract_blocks(page)
+    assert (first.caption, first.skip, first.code) == ("a.py", "", "x = 1\n\nif x:\n    y = 2\n")
+    assert second.skip == "needs two GPUs" and second.code == "raise SystemExit\n"
+
+
+def _ddp_script() -> str:
+    blocks = [b for b in extract_blocks(DOCS / "tutorials" / "distributed.rst") if b.caption == "ddp_train.py"]
+    assert len(blocks) == 1, "the DDP tutorial must hold one block captioned ddp_train.py"
+    return blocks[0].code
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_tutorial_script_on_two_processes(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(_ddp_script())
+    # BIOFX_FUSED=0 as in conftest.py: each process would otherwise compile the fused kernels
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BIOFX_FUSED": "0"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "identical on 2 ranks" in result.stdout, output[-4000:]
