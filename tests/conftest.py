@@ -38,6 +38,6 @@ def _seed():
 
 @pytest.fixture
 def fused_kernels():
-    biofx.kernels.set_enabled(True)
+    biofx.kernels.set_enabled(True, after_calls=0)
     yield
-    biofx.kernels.set_enabled(False)
+    biofx.kernels.set_enabled(False, after_calls=200)

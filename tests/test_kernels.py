@@ -31,7 +31,7 @@ def test_training_with_fused_kernels_matches_plain_functions(fused_kernels):
     cfg = dict(automatic=("fuzzy", "volume", "crystallize"), rejuvenate_every=2, seed=1)
     runs = []
     for enabled in (True, False):
-        kernels.set_enabled(enabled)
+        kernels.set_enabled(enabled, after_calls=0)
         bio = biofx.transform(copy.deepcopy(base), **cfg)
         opt = torch.optim.SGD(bio.parameters(), lr=0.1)
         for step in range(3):
@@ -58,6 +58,33 @@ def test_compile_failure_falls_back_with_warning(monkeypatch, fused_kernels):
     assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0))  # no second attempt, no warning
 
 
+def test_tiered_compilation_waits_until_hot(monkeypatch):
+    compiled_calls = []
+
+    def fake_compile(fn, **kw):
+        def run(*args):
+            compiled_calls.append(args)
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    kernels.set_enabled(True, after_calls=3)
+    try:
+
+        @kernels.fused
+        def inc(x):
+            return x + 1
+
+        for _ in range(5):
+            inc(torch.zeros(1))
+    finally:
+        kernels.set_enabled(False, after_calls=200)
+    assert len(compiled_calls) == 2  # calls 4 and 5
+
+
 def test_set_enabled_validates():
     with pytest.raises(TypeError):
         kernels.set_enabled("yes")
+    with pytest.raises(ValueError):
+        kernels.set_enabled(True, after_calls=-1)
