@@ -93,9 +93,14 @@ for _dims, _cls, _fn in ((1, nn.Conv1d, F.conv1d), (2, nn.Conv2d, F.conv2d), (3,
 
 @graph_leaf("layer")
 def transposed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``x @ weight + bias`` for a weight stored [in, out] (Hugging Face's GPT-2 ``Conv1D``)."""
-    out = x.matmul(weight)
-    return out if bias is None else out + bias
+    """``x @ weight + bias`` for a weight stored [in, out] (Hugging Face's GPT-2 ``Conv1D``).
+
+    Computed as ``Conv1D`` does (``addmm`` on the 2-D view), so outputs are bit-identical.
+    """
+    if bias is None:
+        return x.matmul(weight)
+    out = torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight)
+    return out.view(*x.shape[:-1], weight.shape[-1])
 
 
 def _emit_transposed(graph, x, weight, bias, module):

@@ -36,10 +36,15 @@ class BioMethods:
             warnings.warn(message, UserWarning, stacklevel=3)
 
     def _explicit(self, mechanism: str, method: str) -> list[BioSynapses]:
-        """Layers the explicit ``method`` must act on (raising if a gradient is missing)."""
-        layers = [layer for layer in self.bio_layers() if layer.weight.requires_grad]  # frozen: skipped
-        for layer in layers:
-            layer.require_grad()
+        """Layers the explicit ``method`` acts on: trainable ones with a gradient.
+
+        Frozen layers and layers the last backward did not reach (an unused head, say) are
+        skipped; no gradient at all means the call came before any backward: RuntimeError.
+        """
+        trainable = [layer for layer in self.bio_layers() if layer.weight.requires_grad]  # frozen: skipped
+        layers = [layer for layer in trainable if layer.weight.grad is not None]
+        if trainable and not layers:
+            raise RuntimeError("No gradients found for the weights")  # called before any backward
         manual = [layer for layer in layers if not layer.automatic(mechanism)]
         if len(manual) < len(layers):
             self._warn_once(
@@ -152,6 +157,18 @@ class BioMethods:
         self.__dict__["_biofx_ddp_ignore"] = list(names)
 
     # -- checkpoints ------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
+        """As ``nn.Module.load_state_dict``; a plain checkpoint (no ``biofx_state.*`` keys)
+        loads with ``strict=True`` too, and the bio state keeps its current values."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if STATE_PREFIX not in k]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}: "
+                f"missing keys {missing}, unexpected keys {result.unexpected_keys}"
+            )
+        return result
+
     def plain_state_dict(self) -> dict:
         """``state_dict()`` without bio state: loads into the original model."""
         return {k: v for k, v in self.state_dict().items() if STATE_PREFIX not in k}
@@ -165,19 +182,7 @@ class BioGraphModule(BioMethods, fx.GraphModule):
     """A ``torch.fx.GraphModule`` with bio layers and the model-level bio methods.
 
     ``bio_report`` (a :class:`~biofx.transform.TransformReport`) tells what was converted.
-    A plain checkpoint (no ``biofx_state.*`` keys) loads with ``strict=True``: the bio state
-    keeps its current values.
     """
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if STATE_PREFIX not in k]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"Error(s) in loading state_dict for {type(self).__name__}: "
-                f"missing keys {missing}, unexpected keys {result.unexpected_keys}"
-            )
-        return result
 
     def keep_children(self, children: dict) -> None:
         """Install ``children`` (name → module) as they are.
@@ -194,11 +199,14 @@ class BioGraphModule(BioMethods, fx.GraphModule):
         def init(copy, source, graph):
             fx.GraphModule.__init__(copy, source, graph, type(self).__name__)
             copy.keep_children(source._modules)
+            if "bio_report" in source.__dict__:
+                copy.bio_report = source.bio_report
 
         return init
 
     def __reduce__(self):
         reducer, (body, import_block) = super().__reduce__()
+        body["_graphmodule_cls_name"] = type(self).__name__
         return (_rebuild, (body, import_block))
 
 

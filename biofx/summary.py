@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .model import BioGraphModule
+from .model import BioMethods
 
 __all__ = ["summary", "Summary", "SummaryRow"]
 
@@ -93,13 +93,13 @@ class Summary:
         return "\n".join(lines)
 
 
-def summary(bio: BioGraphModule) -> Summary:
+def summary(bio: BioMethods) -> Summary:
     """Summarize a model returned by :func:`biofx.transform`.
 
     Rows come from the live bio layers (``bio.bio_layers()``: weight shape and
     ``state_bytes()``), mechanisms and the layers left plain from ``bio.bio_report``.
     """
-    if not isinstance(bio, BioGraphModule):
+    if not isinstance(bio, BioMethods):
         raise TypeError(
             f"summary() needs a model transformed by biofx, got {type(bio).__name__}; "
             "call biofx.transform(model) first and pass its result"

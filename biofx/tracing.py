@@ -51,7 +51,8 @@ def trace(
 
 
 def _explain(model: nn.Module, path: str, err: Exception) -> str:
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if "/torch/" not in f.filename]
+    inside = ("/torch/", "/biofx/tracing.py", "/biofx/_leaf.py")
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not any(p in f.filename for p in inside)]
     where = f" at {frames[-1].filename}:{frames[-1].lineno} `{frames[-1].line}`" if frames else ""
     label = path or "<root>"
     return (

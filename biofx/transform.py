@@ -80,10 +80,13 @@ def transform(
 
     Returns:
         A :class:`BioGraphModule` with the model-level bio methods; its ``bio_report`` lists
-        what was converted and what was left plain, and why.
+        what was converted and what was left plain, and why. A model that does not trace
+        whole comes back as a ``Bio<Name>`` copy of its containers whose traceable parts are
+        BioGraphModules (:mod:`biofx.fallback`), with the same methods and report.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"biofx.transform expects an nn.Module, got {type(model).__name__}")
+    leaf_modules = _check_leaf_modules(leaf_modules)
     if isinstance(model, BioMethods):
         raise ValueError("this model is already transformed by biofx; transform the original model instead")
     config_map = _config_map(config, overrides)
@@ -93,21 +96,47 @@ def transform(
     if kind_of(model) is not None:
         gm, layers, plain = _single_layer(model, config_map)
     else:
-        gm = trace(model, leaf_modules, concrete_args)
+        from . import fallback  # imported here: fallback builds on this module
+
+        try:
+            gm = trace(model, leaf_modules, concrete_args)
+        except fallback.TraceError as err:  # not whole: convert the parts that trace
+            return fallback.transform_parts(model, config_map, seed, err, leaf_modules)
         layers, plain = plan_layers(gm, config_map, model)
     for layer in layers:
         layer.seed = layer.config.seed if layer.config.seed is not None else seed
-    results = run_passes(gm, layers)
-    bio = BioGraphModule(gm, gm.graph, f"Bio{type(model).__name__}")
-    bio.keep_children(dict(gm.named_children()))
-    for layer in layers:
-        if layer.config.apply_dales_principle:
-            bio.biofx_state[layer.state_key].dale_initialize()
-    bio.bio_report = _report(bio, layers, plain, results)
+    bio = build(gm, layers, plain, type(model).__name__)
     for name, reason in plain:
         log.info("biofx left %s plain: %s", name, reason)
     hooks.install()
     return bio
+
+
+def build(gm: fx.GraphModule, layers: list, plain: list, name: str, prefix: str = "") -> BioGraphModule:
+    """Run the passes on a traced and planned graph and return the bio model.
+
+    ``prefix``: the module path of ``gm`` in a larger model (state modules name their layers
+    by full path).
+    """
+    results = run_passes(gm, layers)
+    bio = BioGraphModule(gm, gm.graph, f"Bio{name}")
+    bio.keep_children(dict(gm.named_children()))
+    for layer in layers:
+        state = bio.biofx_state[layer.state_key]
+        state.layer_name = f"{prefix}.{layer.name}" if prefix and layer.name else prefix or layer.name
+        if layer.config.apply_dales_principle:
+            state.dale_initialize()
+    bio.bio_report = _report(bio, layers, plain, results)
+    return bio
+
+
+def _check_leaf_modules(leaf_modules) -> tuple:
+    if isinstance(leaf_modules, type) or not isinstance(leaf_modules, (list, tuple, set, frozenset)):
+        raise TypeError(f"leaf_modules must be a list of nn.Module types, got {leaf_modules!r}")
+    for leaf in leaf_modules:
+        if not (isinstance(leaf, type) and issubclass(leaf, nn.Module)):
+            raise TypeError(f"leaf_modules must hold nn.Module subclasses, got {leaf!r}")
+    return tuple(leaf_modules)
 
 
 def _config_map(config, overrides) -> ConfigMap:

@@ -138,15 +138,23 @@ def test_untraceable_model_error_names_module_and_fix():
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc = nn.Linear(3, 3)
+            self.weight = nn.Parameter(torch.randn(3, 3))  # a functional layer: no submodule to fall back on
 
         def forward(self, x):
             if x.sum() > 0:  # data-dependent control flow
-                return self.fc(x)
+                return torch.nn.functional.linear(x, self.weight)
             return x
 
-    with pytest.raises(biofx.TraceError, match="leaf_modules"):
+    with pytest.raises(biofx.TraceError, match="leaf_modules") as info:
         biofx.transform(Branchy())
+    assert "x.sum() > 0" in str(info.value)  # the failing line of the user's code
+
+
+def test_leaf_modules_validated():
+    with pytest.raises(TypeError, match="nn.Module subclasses"):
+        biofx.transform(MLP(), leaf_modules=[5])
+    with pytest.raises(TypeError, match="list of nn.Module types"):
+        biofx.transform(MLP(), leaf_modules=nn.Linear)
 
 
 def test_bio_state_stays_float32_when_model_is_cast():

@@ -1,0 +1,384 @@
+"""Models that do not trace whole: the tracing fallback (biofx.fallback), BERT and GPT-2.
+
+The toy models below have data-dependent control flow at the root, so ``torch.fx`` cannot
+trace them; the Hugging Face models fail on their ``*args/**kwargs`` decorators. biofx then
+converts the largest submodules that trace and keeps the rest eager.
+"""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import biofx
+from biofx import BioConfig, ConfigMap
+from biofx.fallback import BioRoot, FallbackReport
+
+NEUTRAL = dict(fuzzy_lr_distribution="baseline")
+
+
+class Body(nn.Module):
+    """Traceable: becomes one part."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.fc1 = nn.Linear(6, width)
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class Gate(nn.Module):
+    """Not traceable (data-dependent branch); its layers are converted one by one."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.a = nn.Linear(width, width)
+        self.b = nn.Linear(width, width)
+
+    def forward(self, x):
+        if torch.isfinite(x).all():
+            return self.a(x) + self.b(x)
+        return self.b(x)
+
+
+class Branchy(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.body = Body(width)
+        self.norm = nn.LayerNorm(width)  # no Linear/Conv: stays as it is
+        self.gate = Gate(width)
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x):
+        h = self.gate(self.norm(self.body(x)))
+        if h.mean() > 100:  # data-dependent: the root does not trace
+            h = h * 0
+        return self.head(h)
+
+
+class Traceable(Branchy):
+    """Same layers, registration order = execution order, but traceable."""
+
+    def forward(self, x):
+        return self.head(self.gate.b(self.gate.a(self.norm(self.body(x)))))
+
+
+class Chain(Branchy):
+    """Untraceable; executes the same layers in the same order as :class:`Traceable`."""
+
+    def forward(self, x):
+        if x.shape[0] > 0:
+            return Traceable.forward(self, x)
+        return x
+
+
+def test_untraceable_root_converts_its_parts():
+    model = Branchy()
+    x = torch.randn(5, 6)
+    expected = model(x)
+    bio = biofx.transform(model, **NEUTRAL)
+    report = bio.bio_report
+    assert isinstance(bio, BioRoot) and isinstance(bio, Branchy) and type(bio).__name__ == "BioBranchy"
+    assert isinstance(report, FallbackReport)
+    assert report.parts == ("body", "gate.a", "gate.b", "head")
+    assert [path for path, _ in report.eager] == ["", "gate"]
+    assert "(Branchy)" in report.eager[0][1] and "isfinite(x).all()" in report.eager[0][1]  # failed inside gate
+    assert "(Gate)" in report.eager[1][1] and "isfinite(x).all()" in report.eager[1][1]
+    assert [layer.name for layer in report.converted] == ["body.fc1", "body.fc2", "gate.a", "gate.b", "head"]
+    assert report.plain == ()
+    assert [layer.layer_name for layer in bio.bio_layers()] == [layer.name for layer in report.converted]
+    assert isinstance(bio.body, biofx.BioGraphModule) and isinstance(bio.gate.a, biofx.BioGraphModule)
+    assert torch.equal(bio(x), expected)
+    assert "traced in 4 part(s)" in str(report)
+
+
+def test_original_model_stays_plain_and_shares_parameters():
+    model = Branchy()
+    children = dict(model.named_modules())
+    bio = biofx.transform(model)
+    assert type(model) is Branchy and dict(model.named_modules()).keys() == children.keys()
+    assert all(model.get_submodule(n) is m for n, m in children.items())
+    assert bio.gate is not model.gate  # containers above converted parts are copies
+    assert bio.norm is model.norm  # everything else is shared
+    bio_params = dict(bio.named_parameters())
+    assert all(bio_params[n] is p for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match="already transformed"):
+        biofx.transform(bio)
+
+
+def test_parts_match_a_whole_model_trace():
+    """Same seed, same layer order: the same bio state and the same gradients."""
+    x = torch.randn(5, 6)
+    cfg = dict(seed=3, apply_dales_principle=True, automatic=("fuzzy", "volume"),
+               fuzzy_lr_distribution="layer_adaptive")
+    traced = biofx.transform(Traceable(), **cfg)
+    parts = biofx.transform(Chain(), **cfg)
+    parts.load_state_dict(traced.plain_state_dict())
+    assert isinstance(traced, biofx.BioGraphModule) and isinstance(parts, BioRoot)
+    for a, b in zip(traced.bio_layers(), parts.bio_layers(), strict=True):
+        assert a.layer_name == b.layer_name and a.index == b.index
+        for name in ("fuzzy_lr", "rng_key", "dale_sign"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), (a.layer_name, name)
+    assert torch.equal(traced(x), parts(x))
+    traced(x).square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in traced.named_parameters()}
+    parts.zero_grad()
+    parts(x).square().sum().backward()
+    for name, p in parts.named_parameters():
+        assert torch.equal(p.grad, grads[name]), name
+
+
+def test_layer_indices_and_keys_are_global():
+    bio = biofx.transform(Branchy(), fuzzy_lr_distribution="layer_adaptive", fuzzy_learning_rate_factor_nu=0.4)
+    layers = bio.bio_layers()
+    assert [layer.index for layer in layers] == list(range(5))
+    assert len({int(layer.rng_key) for layer in layers}) == 5
+    for layer in layers:  # ν_l = ν·(1 − 0.5·l/L) with l, L of the whole model
+        assert (layer.config.fuzzy_lr_layer_index, layer.config.fuzzy_lr_total_layers) == (layer.index, 5)
+        nu = 0.4 * (1 - 0.5 * layer.index / 5)
+        assert (layer.fuzzy_lr - 1).abs().max() <= nu + 1e-6
+    assert not torch.equal(layers[2].fuzzy_lr, layers[3].fuzzy_lr)  # gate.a and gate.b: same shape, own draws
+
+
+def test_weight_splitting_skips_the_whole_models_last_layer():
+    bio = biofx.transform(Branchy(), weight_splitting_Gamma=2)
+    split = {layer.name: any("weight_split" in m for m in layer.mechanisms) for layer in bio.bio_report.converted}
+    assert split == {"body.fc1": True, "body.fc2": True, "gate.a": True, "gate.b": True, "head": False}
+    x = torch.randn(3, 8)
+    gate_a, head = bio.gate.a(x), bio.head(x)
+    assert torch.equal(gate_a[:, 0::2], gate_a[:, 1::2])  # each member of a group gets the group's sum
+    assert not torch.equal(head[:, 0::2], head[:, 1::2])
+    message = r"features \(8\) of layer .body\.fc1.*mark_skip_weight_splitting\(model\.body\.fc1\)"
+    with pytest.raises(ValueError, match=message):
+        biofx.transform(Branchy(width=8), weight_splitting_Gamma=3)
+
+
+def test_config_map_uses_full_paths():
+    bio = biofx.transform(Branchy(), ConfigMap({"gate.a": None, "re:body\\..*": BioConfig(apply_dales_principle=True)}))
+    report = bio.bio_report
+    assert ("gate.a", "left plain by ConfigMap (name 'gate.a')") in report.plain
+    assert "gate.a" not in [layer.name for layer in report.converted]
+    dale = {layer.name for layer in report.converted if "dale" in layer.mechanisms}
+    assert dale == {"body.fc1", "body.fc2"}
+    with pytest.raises(ValueError, match="did you mean 'gate.b'"):
+        biofx.transform(Branchy(), ConfigMap({"gate.bb": None}))
+
+
+def test_leaf_modules_are_kept_eager_and_reported():
+    bio = biofx.transform(Branchy(), leaf_modules=[Gate])
+    assert bio.bio_report.parts == ("body", "head")
+    plain = dict(bio.bio_report.plain)
+    assert plain["gate.a"].startswith("inside leaf module 'gate' (Gate)") and "gate.b" in plain
+
+
+def test_shared_module_is_converted_at_every_place():
+    model = Branchy()
+    model.alias = model.head  # the same layer registered twice
+    bio = biofx.transform(model)
+    assert bio.alias is bio.head and isinstance(bio.head, biofx.BioGraphModule)
+    assert len(bio.bio_layers()) == 5
+
+
+def test_nothing_traces_raises_with_path_operation_and_fix():
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    class Root(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Inner()
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow
+                return self.inner(x)
+            return x
+
+    with pytest.raises(biofx.TraceError) as info:
+        biofx.transform(Root(), leaf_modules=[Inner])
+    message = str(info.value)
+    assert "'<root>' (Root)" in message and "x.sum() > 0" in message
+    assert "leaf_modules" in message and "concrete_args" in message
+    assert "all are inside leaf modules" in message
+
+
+def test_fallback_model_trains_with_explicit_methods():
+    bio = biofx.transform(Branchy(), automatic=(), apply_dales_principle=True)
+    x, y = torch.randn(16, 6), torch.randn(16, 4)
+    with pytest.raises(RuntimeError, match="No gradients found"):
+        bio.fuzzy_learning_rates()
+    nn.functional.mse_loss(bio(x), y).backward()
+    grads = {layer.layer_name: layer.weight.grad.clone() for layer in bio.bio_layers()}
+    bio.fuzzy_learning_rates()
+    for layer in bio.bio_layers():
+        assert torch.equal(layer.weight.grad, grads[layer.layer_name] * layer.fuzzy_lr)
+    bio.enforce_dales_principle()
+    assert bio.l1_reg() > 0 and int(bio.rejuvenate_weights()) >= 0
+
+
+# -- Hugging Face transformers ------------------------------------------------------------
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+from transformers.pytorch_utils import Conv1D  # noqa: E402
+
+
+def tiny_bert(intermediate=37, classes=None):
+    config = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=intermediate,
+        vocab_size=100, max_position_embeddings=64, num_labels=classes or 2,
+    )
+    cls = transformers.BertForSequenceClassification if classes else transformers.BertModel
+    return cls(config)
+
+
+def tiny_gpt2(tie=True):
+    config = transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0,
+        tie_word_embeddings=tie,
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+def bio_weights(bio):
+    return {id(layer.weight) for layer in bio.bio_layers()}
+
+
+def test_bert_converts_every_linear_in_parts():
+    model = tiny_bert()
+    bio = biofx.transform(model)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 13
+    assert [layer.name for layer in bio.bio_report.converted] == linears and bio.bio_report.plain == ()
+    assert bio_weights(bio) == {id(model.get_submodule(n).weight) for n in linears}
+    # attention.self (q, k, v) does not trace: each projection is its own part
+    assert "encoder.layer.0.attention.self.query" in bio.bio_report.parts
+    assert "encoder.layer.0.intermediate" in bio.bio_report.parts
+    assert ("pooler" in bio.bio_report.parts) and "encoder" in dict(bio.bio_report.eager)
+
+
+def test_gpt2_converts_every_conv1d_and_linear():
+    model = tiny_gpt2()
+    bio = biofx.transform(model)
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
+    assert len(layers) == 9
+    assert sorted(layer.name for layer in bio.bio_report.converted) == sorted(layers)
+    kinds = {layer.name: layer.kind for layer in bio.bio_report.converted}
+    assert kinds["transformer.h.0.attn.c_attn"] == "HFConv1D" and kinds["lm_head"] == "Linear"
+    assert bio_weights(bio) == {id(model.get_submodule(n).weight) for n in layers}
+    assert "transformer.h.0.mlp" in bio.bio_report.parts  # GPT2MLP traces whole
+
+
+@pytest.mark.parametrize("make", [tiny_bert, tiny_gpt2], ids=["bert", "gpt2"])
+def test_neutral_transform_keeps_outputs_bit_identical(make):
+    model = make().eval()
+    ids = torch.randint(0, 100, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, -3:] = 0
+    expected = model(input_ids=ids, attention_mask=mask)[0]
+    bio = biofx.transform(model, **NEUTRAL).eval()
+    assert torch.equal(bio(input_ids=ids, attention_mask=mask)[0], expected)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    "make", [tiny_bert, tiny_gpt2],
+    ids=["bert", "gpt2"],
+)
+def test_neutral_transform_keeps_outputs_bit_identical_on_cuda(make):
+    model = make().cuda().eval()
+    ids = torch.randint(0, 100, (2, 9), device="cuda")
+    expected = model(input_ids=ids)[0]
+    bio = biofx.transform(model, **NEUTRAL).eval()
+    assert torch.equal(bio(input_ids=ids)[0], expected)
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_bert(), lambda: tiny_gpt2(tie=False)], ids=["bert", "gpt2"])
+def test_gradients_carry_fuzzy_multipliers(make):
+    """Automatic fuzzy rates: every bio weight's gradient is the plain gradient times f."""
+    model = make().eval()
+    ids = torch.randint(0, 100, (2, 9))
+    model(input_ids=ids)[0].square().mean().backward()
+    plain = {id(p): p.grad for p in model.parameters()}
+    model.zero_grad(set_to_none=True)
+    bio = biofx.transform(model, seed=0).eval()  # shares the parameters
+    bio(input_ids=ids)[0].square().mean().backward()
+    for layer in bio.bio_layers():
+        expected = plain[id(layer.weight)]
+        if expected is None:  # BertModel's pooler does not feed last_hidden_state
+            assert layer.weight.grad is None
+            continue
+        torch.testing.assert_close(layer.weight.grad, expected * layer.fuzzy_lr)
+        assert not torch.equal(layer.fuzzy_lr, torch.ones_like(layer.fuzzy_lr))
+
+
+def test_dale_on_hf_conv1d_constrains_input_rows():
+    """Conv1D stores [in, out]: all outgoing weights of input unit j (row j) share one sign."""
+    bio = biofx.transform(tiny_gpt2(), apply_dales_principle=True)
+    bio.enforce_dales_principle()
+    for layer in bio.bio_layers():
+        w = layer.weight.detach()
+        rows = w if layer.kind.name == "HFConv1D" else w.T
+        assert ((rows >= 0).all(1) | (rows <= 0).all(1)).all(), layer.layer_name
+
+
+def test_weight_splitting_error_names_the_full_path():
+    with pytest.raises(ValueError, match=r"\(37\) of layer .encoder\.layer\.0\.intermediate\.dense."):
+        biofx.transform(tiny_bert(intermediate=37), weight_splitting_Gamma=2)
+
+
+FULL = dict(automatic=("fuzzy", "volume", "crystallize", "scaling"), apply_dales_principle=True,
+            weight_splitting_Gamma=2, synaptic_scaling_gamma=0.01, seed=0)
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_training_steps_lower_the_loss(name):
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (4, 12))
+    if name == "bert":
+        bio = biofx.transform(tiny_bert(intermediate=64, classes=3), **FULL)
+        labels = torch.tensor([0, 1, 2, 1])
+
+        def loss():
+            return bio(input_ids=ids, labels=labels).loss
+    else:
+        bio = biofx.transform(tiny_gpt2(), **FULL)
+
+        def loss():
+            return bio(input_ids=ids, labels=ids).loss
+
+    bio.train()
+    optimizer = torch.optim.Adam(bio.parameters(), lr=3e-3)
+    before = [layer.fuzzy_lr.clone() for layer in bio.bio_layers()]
+    losses = []
+    for _ in range(6):
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        optimizer.step()
+        losses.append(value.item())
+    assert losses[-1] < losses[0] and all(map(torch.isfinite, map(torch.tensor, losses)))
+    assert all(int(layer.step) == 6 for layer in bio.bio_layers())
+    assert any(not torch.equal(b, layer.fuzzy_lr) for b, layer in zip(before, bio.bio_layers()))  # crystallized
+    assert all(float(layer.activity_mean.abs().sum()) > 0 for layer in bio.bio_layers())
+
+
+def test_hf_model_deepcopy_and_pickle_keep_working(tmp_path):
+    model = tiny_gpt2()
+    bio = biofx.transform(model, seed=0).eval()
+    ids = torch.randint(0, 100, (2, 5))
+    clone = copy.deepcopy(bio)
+    path = tmp_path / "gpt2.pt"
+    torch.save(bio, path)
+    loaded = torch.load(path, weights_only=False)
+    for other in (clone, loaded):
+        assert type(other) is type(bio) and len(other.bio_layers()) == 9
+        assert torch.equal(other(input_ids=ids).logits, bio(input_ids=ids).logits)
+        assert other.lm_head.weight is other.transformer.wte.weight  # tied weights stay tied
