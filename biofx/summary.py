@@ -10,31 +10,16 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from .model import BioMethods
 
-__all__ = ["summary", "Summary", "SummaryRow"]
-
-
-@dataclasses.dataclass(frozen=True)
-class SummaryRow:
-    """One bio layer: name, kind, weight shape, mechanisms and bytes of bio state."""
-
-    name: str
-    kind: str
-    weight_shape: tuple
-    mechanisms: tuple
-    state_bytes: int
-
-    @property
-    def weights(self) -> int:
-        return math.prod(self.weight_shape)
+__all__ = ["summary", "Summary"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """Rows per bio layer, the layers left plain (``(name, reason)``) and totals.
+    """Rows per bio layer (:class:`~biofx.transform.LayerReport` with the live bio-state bytes),
+    the layers left plain (``(name, reason)``) and totals.
 
     ``str(summary)`` is a table; ``bytes_per_weight`` = bio-state bytes / bio weights.
     """
@@ -96,8 +81,7 @@ class Summary:
 def summary(bio: BioMethods) -> Summary:
     """Summarize a model returned by :func:`biofx.transform`.
 
-    Rows come from the live bio layers (``bio.bio_layers()``: weight shape and
-    ``state_bytes()``), mechanisms and the layers left plain from ``bio.bio_report``.
+    Rows come from ``bio.bio_report`` with each layer's current ``state_bytes()``.
     """
     if not isinstance(bio, BioMethods):
         raise TypeError(
@@ -105,17 +89,8 @@ def summary(bio: BioMethods) -> Summary:
             "call biofx.transform(model) first and pass its result"
         )
     report = bio.bio_report
-    mechanisms = {layer.name: layer.mechanisms for layer in report.converted}
-    rows = tuple(
-        SummaryRow(
-            layer.layer_name,
-            layer.kind.name,
-            tuple(layer.weight.shape),
-            mechanisms.get(layer.layer_name, ()),
-            layer.state_bytes(),
-        )
-        for layer in bio.bio_layers()
-    )
+    live = {layer.layer_name: layer.state_bytes() for layer in bio.bio_layers()}
+    rows = tuple(dataclasses.replace(row, state_bytes=live[row.name]) for row in report.converted)
     return Summary(type(bio).__name__, rows, tuple(report.plain))
 
 

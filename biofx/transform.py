@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any, Iterable, Optional, Union
 
 import torch
@@ -39,6 +40,10 @@ class LayerReport:
     config_rule: str
     mechanisms: tuple
     state_bytes: int
+
+    @property
+    def weights(self) -> int:
+        return math.prod(self.weight_shape)
 
 
 @dataclasses.dataclass(frozen=True)
