@@ -52,6 +52,11 @@ def enabled() -> bool:
     return _STATE["enabled"]
 
 
+def after_calls() -> int:
+    """Eager calls a kernel makes before it is compiled."""
+    return _STATE["after_calls"]
+
+
 def fused(fn: Callable) -> Callable:
     """Run ``fn`` as one compiled kernel once it is hot (see the module docstring)."""
     state = {"calls": 0, "compiled": None, "failed": False}

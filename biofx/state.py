@@ -188,7 +188,10 @@ class BioSynapses(nn.Module):
     def apply_fuzzy(self) -> None:
         """``g ← g·f``."""
         grad = self.require_grad()
-        grad.copy_(fuzzy.apply(grad, self.fuzzy_lr))
+        if grad.dtype == torch.float32:
+            grad.mul_(self.fuzzy_lr)
+        else:
+            grad.copy_(fuzzy.apply(grad, self.fuzzy_lr))
 
     def apply_volume(self) -> None:
         """``g ← g·|N(μ, lr_variability·μ)|`` with this step's noise."""

@@ -60,3 +60,16 @@ def test_deterministic_and_device_agnostic_shape():
 def test_layer_keys_distinct():
     keys = {rng.layer_key(seed, index) for seed in range(20) for index in range(20)}
     assert len(keys) == 400 and all(0 <= k < 2**32 for k in keys)
+
+
+def test_uniform_never_reaches_one_and_normal_stays_finite():
+    top = torch.tensor([2**32 - 1, 0], dtype=torch.int64)
+    u = ((top >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))  # the extreme values uniform() can take
+    assert (u > 0).all() and (u < 1).all()
+    z = rng.ndtri(u)
+    assert torch.isfinite(z).all() and z[0] > 5 and z[1] < -5
+
+
+def test_ndtri_polynomial_matches_torch():
+    u = torch.linspace(1e-7, 1 - 1e-7, 100001)
+    torch.testing.assert_close(rng.ndtri(u), torch.special.ndtri(u.double()).float(), rtol=2e-6, atol=2e-6)

@@ -29,5 +29,12 @@ def crystallized(
 
 
 def crystallize_(multipliers: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, config: BioConfig) -> None:
-    """Dampen ``multipliers`` in place where :func:`mask` holds."""
-    multipliers.copy_(crystallized(multipliers, weight, grad, config.crystal_thresh, config.dampening_factor))
+    """Dampen ``multipliers`` in place where :func:`mask` holds (on flat views: one kernel for all layers)."""
+    flat = crystallized(
+        multipliers.reshape(-1),
+        weight.detach().reshape(-1),
+        grad.reshape(-1),
+        config.crystal_thresh,
+        config.dampening_factor,
+    )
+    multipliers.copy_(flat.view(multipliers.shape))

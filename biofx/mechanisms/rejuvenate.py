@@ -66,7 +66,13 @@ def rejuvenate_(
     sign: Optional[torch.Tensor] = None,
     rule: str = "paper",
 ) -> torch.Tensor:
-    """Rejuvenate ``weight`` in place; returns how many entries were replaced."""
-    new, count = rejuvenated(weight, dre, key, counter, sign, rule)
-    weight.detach().copy_(new)
+    """Rejuvenate ``weight`` in place; returns how many entries were replaced.
+
+    Runs on flat views (one kernel for every layer shape; same numbers, the noise is indexed
+    by the flat element index).
+    """
+    w = weight.detach()
+    flat_sign = None if sign is None else sign.expand_as(w).reshape(-1)
+    new, count = rejuvenated(w.reshape(-1), dre, key, counter, flat_sign, rule)
+    w.copy_(new.view(w.shape))
     return count

@@ -32,6 +32,10 @@ def factor(
 
 
 @fused
+def _scale_flat(grad, weight, key, step, base_lr, stability_factor, lr_variability):
+    return (grad.float() * factor(weight, key, step, base_lr, stability_factor, lr_variability)).to(grad.dtype)
+
+
 def scale(
     grad: torch.Tensor,
     weight: torch.Tensor,
@@ -41,8 +45,13 @@ def scale(
     stability_factor: float,
     lr_variability: float,
 ) -> torch.Tensor:
-    """``g·|N(μ, lr_variability·μ)|`` in one pass (computed in float32, returned in g's dtype)."""
-    return (grad.float() * factor(weight, key, step, base_lr, stability_factor, lr_variability)).to(grad.dtype)
+    """``g·|N(μ, lr_variability·μ)|`` in one pass (computed in float32, returned in g's dtype).
+
+    Runs on flattened views, so one dynamic-shape kernel serves every layer (same numbers:
+    the noise is indexed by the flat element index).
+    """
+    flat = _scale_flat(grad.reshape(-1), weight.detach().reshape(-1), key, step, base_lr, stability_factor, lr_variability)
+    return flat.view(grad.shape)
 
 
 def scale_for(grad: torch.Tensor, weight: torch.Tensor, key: torch.Tensor, step: torch.Tensor, config: BioConfig):

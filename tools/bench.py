@@ -1,0 +1,447 @@
+"""Training-step benchmark: plain PyTorch against biofx (and the reference library) in one process.
+
+A *step* is what a training loop does per batch: ``zero_grad``, forward, cross-entropy loss,
+backward, the bio mechanisms, ``SGD.step``. Every variant trains a copy of the same model
+(same initial weights) on the same fixed batch:
+
+=============================  ============================================================
+``plain``                      the model as written
+``biofx_explicit``             ``biofx.transform(model, automatic=())``; after backward
+                               ``volume_dependent_lr(); fuzzy_learning_rates(); crystallize()``
+``biofx_automatic``            ``automatic=("fuzzy", "volume", "crystallize")``; loop unchanged
+``biofx_default``              ``BioConfig``'s default ``automatic`` (fuzzy rates only); loop
+                               unchanged: the cost of the rewrite itself
+``plain_compiled``             ``torch.compile(plain, fullgraph=True)``
+``biofx_automatic_compiled``   ``torch.compile(biofx_automatic, fullgraph=True)``
+``reference``                  ``bio_transformations.BioConverter`` (0.0.5), calling the same
+                               three methods as ``biofx_explicit`` (when it is importable)
+=============================  ============================================================
+
+Timing: each variant is warmed up, then the timed steps run in ``--rounds`` interleaved rounds
+(every variant takes its turn in every round), so load changes on a shared machine hit all
+variants alike. Each step is timed on its own (``time.perf_counter``; on CUDA with CUDA events,
+synchronized once before and once after a variant's turn) and the median is reported. Ratios
+divide medians measured in this same run: eager variants by ``plain``, the compiled bio variant by
+``plain_compiled``.
+
+Fused kernels: biofx compiles its per-weight mechanisms into fused kernels once they are hot
+(:mod:`biofx.kernels`, after 200 calls by default). The benchmark measures the steady state of a
+long run, so it compiles them from the first call (during warmup); ``--unfused`` measures the
+op-by-op versions instead (as ``BIOFX_FUSED=0`` does).
+
+Memory: on CUDA, ``step_peak_bytes`` is ``torch.cuda.max_memory_allocated()`` during one step
+minus the memory allocated before it (activations, gradients, bio temporaries). On CPU it is not
+measured: the process's peak RSS is shared by all variants of one process and cannot be
+attributed to one of them. ``bio_state_bytes`` sums ``layer.state_bytes()`` over the bio layers.
+
+Usage::
+
+    python tools/bench.py                       # CPU, both benches, JSON to bench-results/
+    python tools/bench.py --device cuda --steps 200
+    python tools/bench.py --bench mlp --no-compile --out /tmp/mlp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import biofx
+from biofx import kernels
+
+BENCHES = ("mlp", "cnn")
+AUTOMATIC = ("fuzzy", "volume", "crystallize")
+MEMORY_NOTE_CPU = (
+    "not measured on CPU: peak RSS is per process and shared by all variants of the run; "
+    "see bio_state_bytes for the memory biofx adds"
+)
+
+try:  # the reference library is optional: its variant is skipped when it is missing
+    import bio_transformations
+except ImportError:  # pragma: no cover - depends on the environment
+    bio_transformations = None
+
+
+# -- models -------------------------------------------------------------------------------
+def mlp(small: bool) -> tuple[nn.Module, tuple, int, dict]:
+    """MLP 784-512-512-10, batch 128 (small: 64-32-32-10, batch 8)."""
+    sizes, batch = ((64, 32, 32, 10), 8) if small else ((784, 512, 512, 10), 128)
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers), (batch, sizes[0]), sizes[-1], {"sizes": list(sizes), "batch": batch}
+
+
+def cnn(small: bool) -> tuple[nn.Module, tuple, int, dict]:
+    """conv3x3(32)-pool-conv3x3(64)-pool-fc128-fc10 on 32x32x3, batch 64 (small: 4/8/16 on 8x8, batch 4)."""
+    (c1, c2, hidden, side), batch = ((4, 8, 16, 8), 4) if small else ((32, 64, 128, 32), 64)
+    model = nn.Sequential(
+        nn.Conv2d(3, c1, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(c2 * (side // 4) ** 2, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, 10),
+    )
+    config = {"channels": [c1, c2], "hidden": hidden, "input": [3, side, side], "batch": batch}
+    return model, (batch, 3, side, side), 10, config
+
+
+MODELS: dict[str, Callable[[bool], tuple]] = {"mlp": mlp, "cnn": cnn}
+
+
+# -- variants -----------------------------------------------------------------------------
+@dataclass
+class Variant:
+    """One way of training the model: its step function and what it is compared with."""
+
+    name: str
+    step: Callable[[], None]
+    baseline: Optional[str]  # the variant whose median this one is divided by
+    model: nn.Module
+    optional: bool = False  # a failure drops the variant (reported) instead of stopping the run
+    times: list = field(default_factory=list)  # seconds per timed step
+    warmup_s: float = 0.0  # includes compilation for compiled variants
+
+
+def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, after_backward=None) -> Callable[[], None]:
+    """One training step: zero_grad, forward, loss, backward, ``after_backward()``, SGD step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if after_backward is not None:
+            after_backward()
+        optimizer.step()
+
+    return step
+
+
+def _explicit_mechanisms(model) -> Callable[[], None]:
+    """The reference library's explicit calls after backward (biofx and the reference alike)."""
+
+    def apply() -> None:
+        model.volume_dependent_lr()
+        model.fuzzy_learning_rates()
+        model.crystallize()
+
+    return apply
+
+
+def build_variants(name: str, small: bool, device: torch.device, compile_: bool) -> tuple[list[Variant], dict]:
+    """All variants of one bench, each on its own copy of the model with identical weights."""
+    factory = MODELS[name]
+    _, input_shape, classes, config = factory(small)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(input_shape, generator=generator).to(device)
+    y = torch.randint(0, classes, (input_shape[0],), generator=generator).to(device)
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return factory(small)[0].to(device)
+
+    def bio(automatic: tuple) -> nn.Module:
+        return biofx.transform(fresh(), automatic=automatic, seed=0)
+
+    variants = []
+
+    def add(vname: str, model: nn.Module, baseline: Optional[str], after_backward=None, trained=None, **kw) -> None:
+        step = _step_fn(trained if trained is not None else model, x, y, after_backward)
+        variants.append(Variant(vname, step, baseline, model, **kw))
+
+    add("plain", fresh(), None)
+    explicit = bio(())
+    add("biofx_explicit", explicit, "plain", _explicit_mechanisms(explicit))
+    add("biofx_automatic", bio(AUTOMATIC), "plain")
+    add("biofx_default", bio(biofx.BioConfig().automatic), "plain")
+    if compile_:
+        plain = fresh()
+        add("plain_compiled", plain, None, trained=torch.compile(plain, fullgraph=True))
+        automatic = bio(AUTOMATIC)
+        add("biofx_automatic_compiled", automatic, "plain_compiled", trained=torch.compile(automatic, fullgraph=True))
+    if bio_transformations is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = bio_transformations.BioConverter()(fresh())
+        add("reference", reference, "plain", _explicit_mechanisms(reference), optional=True)
+    bio_model = variants[1].model
+    weights = sum(layer.weight.numel() for layer in bio_model.bio_layers())
+    state = bio_model.bio_state_bytes()
+    info = {
+        "model": config,
+        "parameters": sum(p.numel() for p in variants[0].model.parameters()),
+        "bio_weights": weights,
+        "bio_state_bytes": state,
+        "bio_state_bytes_per_weight": state / weights,
+    }
+    return variants, info
+
+
+# -- timing -------------------------------------------------------------------------------
+def _timed_steps(step: Callable[[], None], count: int, device: torch.device) -> list[float]:
+    """Seconds per step for ``count`` steps (CUDA: events, one sync before and one after)."""
+    if device.type != "cuda":
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return times
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(count)]
+    torch.cuda.synchronize(device)
+    for start, end in events:
+        start.record()
+        step()
+        end.record()
+    torch.cuda.synchronize(device)
+    return [start.elapsed_time(end) / 1000.0 for start, end in events]
+
+
+def _step_peak_bytes(step: Callable[[], None], device: torch.device) -> Optional[int]:
+    """Memory one step allocates above what was allocated before it (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def run_bench(name: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """Warm up every variant, time them in interleaved rounds, return the bench's results."""
+    variants, info = build_variants(name, args.small, device, not args.no_compile)
+    skipped = {}
+    for variant in list(variants):
+        start = time.perf_counter()
+        try:
+            for _ in range(args.warmup):
+                variant.step()
+        except Exception as err:  # only the reference library's variant may fail (e.g. on CUDA)
+            if not variant.optional:
+                raise
+            skipped[variant.name] = f"{type(err).__name__}: {err}"
+            variants.remove(variant)
+            _progress(f"[{name}] skipped {variant.name}: {skipped[variant.name]}")
+            continue
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        variant.warmup_s = time.perf_counter() - start
+        _progress(f"[{name}] warmed up {variant.name} in {variant.warmup_s:.1f} s")
+    _progress(f"[{name}] timing {len(variants)} variants, {args.steps} steps each")
+    per_round = [args.steps // args.rounds + (r < args.steps % args.rounds) for r in range(args.rounds)]
+    for count in per_round:
+        for variant in variants:
+            variant.times += _timed_steps(variant.step, count, device)
+    results = {}
+    for variant in variants:
+        ms = [t * 1000.0 for t in variant.times]
+        results[variant.name] = {
+            "median_ms": statistics.median(ms),
+            "min_ms": min(ms),
+            "max_ms": max(ms),
+            "steps": len(ms),
+            "warmup_s": variant.warmup_s,
+            "baseline": variant.baseline,
+            "ratio": None,
+            "min_ratio": None,
+            "step_peak_bytes": _step_peak_bytes(variant.step, device),
+            "params_finite": all(bool(torch.isfinite(p).all()) for p in variant.model.parameters()),
+        }
+        if args.profile:
+            results[variant.name]["profile"] = profile_ops(variant.step, device, args.profile)
+    for result in results.values():
+        if result["baseline"] is not None:
+            baseline = results[result["baseline"]]
+            result["ratio"] = result["median_ms"] / baseline["median_ms"]
+            result["min_ratio"] = result["min_ms"] / baseline["min_ms"]
+    return {**info, "variants": results, "skipped": skipped}
+
+
+def profile_ops(step: Callable[[], None], device: torch.device, top: int, steps: int = 5) -> list:
+    """The ``top`` ops by self time over ``steps`` profiled steps, per step (``torch.profiler``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def self_us(event) -> float:  # device time on CUDA (``self_cuda_time_total`` before torch 2.4)
+        if device.type != "cuda":
+            return event.self_cpu_time_total
+        return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+
+    events = sorted(prof.key_averages(), key=self_us, reverse=True)[:top]
+    return [
+        {
+            "op": e.key,
+            "self_ms": self_us(e) / 1000.0 / steps,
+            "self_cpu_ms": e.self_cpu_time_total / 1000.0 / steps,
+            "calls": e.count / steps,
+        }
+        for e in events
+    ]
+
+
+# -- report -------------------------------------------------------------------------------
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _meta(args: argparse.Namespace, device: torch.device) -> dict:
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = _cpu_name()
+    return {
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device.type,
+        "device_name": device_name,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "biofx": biofx.__version__,
+        "reference": getattr(bio_transformations, "__version__", "unknown") if bio_transformations else None,
+        "python": platform.python_version(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "small": args.small,
+        "compile": not args.no_compile,
+        "fused_kernels": not args.unfused,
+        "memory_note": None if device.type == "cuda" else MEMORY_NOTE_CPU,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def format_table(report: dict) -> str:
+    """The results as a plain-text table."""
+    meta = report["meta"]
+    lines = [
+        f"device: {meta['device']} ({meta['device_name']}), threads {meta['threads']}, torch {meta['torch']}, "
+        f"{meta['steps']} timed steps ({meta['rounds']} rounds) after {meta['warmup']} warmup",
+    ]
+    header = (
+        f"{'bench':<5} {'variant':<26} {'median ms':>10} {'min ms':>8} {'ratio':>6} {'min r.':>6}  {'vs':<15} "
+        f"{'step peak':>10}"
+    )
+    for bench, result in report["benches"].items():
+        lines += ["", header, "-" * len(header)]
+        for name, v in result["variants"].items():
+            ratio = f"{v['ratio']:.2f}x" if v["ratio"] is not None else "-"
+            min_ratio = f"{v['min_ratio']:.2f}x" if v["min_ratio"] is not None else "-"
+            peak = f"{v['step_peak_bytes'] / 2**20:.1f} MiB" if v["step_peak_bytes"] is not None else "-"
+            lines.append(
+                f"{bench:<5} {name:<26} {v['median_ms']:>10.3f} {v['min_ms']:>8.3f} {ratio:>6} {min_ratio:>6}  "
+                f"{v['baseline'] or '':<15} {peak:>10}"
+            )
+        lines.append(
+            f"bio state: {result['bio_state_bytes']} bytes for {result['bio_weights']} weights "
+            f"({result['bio_state_bytes_per_weight']:.2f} bytes/weight)"
+        )
+        for name, reason in result["skipped"].items():
+            lines.append(f"skipped {name}: {reason}")
+        broken = [name for name, v in result["variants"].items() if not v["params_finite"]]
+        if broken:
+            lines.append(f"WARNING: non-finite parameters after the run: {', '.join(broken)}")
+        for name, v in result["variants"].items():
+            if "profile" in v:
+                lines.append(f"  top ops of {name} (ms per step, self time):")
+                lines += [f"    {op['self_ms']:8.3f}  {op['calls']:6.1f}x  {op['op']}" for op in v["profile"]]
+    if meta["memory_note"]:
+        lines += ["", f"step peak memory {meta['memory_note']}"]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bench", default=",".join(BENCHES), help="comma-separated: mlp,cnn (default both)")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per variant (default 100)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps per variant first (default 10)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--unfused", action="store_true", help="biofx's eager mechanisms op by op (BIOFX_FUSED=0)")
+    parser.add_argument("--small", action="store_true", help="tiny models and batches (for tests)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also list each variant's top N ops")
+    parser.add_argument("--out", default="bench-results/bench.json", help="JSON output path ('' for none)")
+    args = parser.parse_args(argv)
+    args.bench = [b.strip() for b in args.bench.split(",") if b.strip()]
+    unknown = [b for b in args.bench if b not in MODELS]
+    if unknown or not args.bench:
+        parser.error(f"--bench: unknown bench {unknown[0] if unknown else '(none)'}; choose from {', '.join(BENCHES)}")
+    for flag in ("steps", "rounds", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1")
+    if args.profile < 0:
+        parser.error("--profile must be 0 (off) or a number of operations to list")
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1 (the first step builds state and compiles)")
+    if args.rounds > args.steps:
+        parser.error("--rounds must not exceed --steps")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available to torch")
+    return args
+
+
+def main(argv: Optional[list] = None) -> dict:
+    """Run the benches, print the table, write the JSON (unless ``--out ''``); return the report."""
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    report = {"meta": _meta(args, device), "benches": {}}
+    previous = (kernels.enabled(), kernels.after_calls())  # restored afterwards: main() is also called from tests
+    kernels.set_enabled(not args.unfused, after_calls=0)  # steady state: compiled during warmup
+    try:
+        for name in args.bench:
+            report["benches"][name] = run_bench(name, args, device)
+    finally:
+        kernels.set_enabled(*previous)
+    print(format_table(report))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"\nwrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
