@@ -387,6 +387,12 @@ class ConfigMap:
         if not isinstance(self.default, BioConfig):
             raise TypeError(f"ConfigMap default must be a BioConfig, got {type(self.default).__name__}")
 
+    def replace(self, **changes: Any) -> "ConfigMap":
+        """A copy with ``changes`` applied to every config in it (``None`` entries stay ``None``)."""
+        mapping = {**self.names, **{key: cfg for key, (_, cfg) in self.patterns.items()}, **self.types}
+        mapping = {key: (cfg.replace(**changes) if cfg is not None else None) for key, cfg in mapping.items()}
+        return ConfigMap(mapping, self.default.replace(**changes))
+
     def select(self, name: str, module: nn.Module) -> tuple[Optional[BioConfig], str]:
         """The config for the layer ``name`` and which rule chose it."""
         if name in self.names:

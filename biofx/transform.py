@@ -146,12 +146,7 @@ def _check_leaf_modules(leaf_modules) -> tuple:
 
 def _config_map(config, overrides) -> ConfigMap:
     if isinstance(config, ConfigMap):
-        if overrides:
-            default = config.default.replace(**overrides)
-            mapping = {**config.names, **{k: v for k, (_, v) in config.patterns.items()}, **config.types}
-            mapping = {k: (v.replace(**overrides) if v is not None else None) for k, v in mapping.items()}
-            return ConfigMap(mapping, default)
-        return config
+        return config.replace(**overrides) if overrides else config
     if config is None:
         config = BioConfig()
     elif isinstance(config, dict):
