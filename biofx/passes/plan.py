@@ -76,7 +76,10 @@ def plan_layers(
 
 
 def plan_splitting(layers: list[BioLayer]) -> None:
-    last = max(layers, key=lambda l: _last_position(l)) if len(layers) > 1 else None
+    last = None
+    if len(layers) > 1:  # the layer whose last call comes last in the graph
+        position = {node: i for i, node in enumerate(layers[0].sites[0].graph.nodes)}
+        last = max(layers, key=lambda l: max(position[site] for site in l.sites))
     for layer in layers:
         if not layer.config.splits or layer is last or skip_split_marked(layer.module):
             continue
@@ -95,11 +98,6 @@ def plan_splitting(layers: list[BioLayer]) -> None:
                 f"Choose a Γ that divides {channels}, or {fix}."
             )
         layer.split = True
-
-
-def _last_position(layer: BioLayer) -> int:
-    nodes = list(layer.sites[-1].graph.nodes)
-    return max(nodes.index(site) for site in layer.sites)
 
 
 def convertible_modules(model: nn.Module):
