@@ -1,61 +1,97 @@
-"""Counter-based random numbers: a hash of (key, counter, element index).
+"""Counter-based random numbers: a hash of (key, stream, counter, element index).
 
 Every draw biofx makes during training comes from here. A draw is a pure function of a
-per-layer key, a step or update counter (a tensor, so it changes without recompiling) and
-the element index, evaluated with integer tensor ops. Eager, compiled and every DDP rank
-therefore produce the same numbers with no communication and no stored noise.
+per-layer key, a stream (which kind of draw), a step or update counter (a tensor, so it
+changes without recompiling) and the element index, evaluated with integer tensor ops.
+Eager, compiled and every device and DDP rank therefore produce the same numbers with no
+communication and no stored noise.
 
-The mixer is the 32-bit ``lowbias32`` integer hash (two rounds), computed in int64 with the
-products masked to 32 bits.
+The generator is SplitMix64's 64-bit finalizer (Steele, Lea & Flood, OOPSLA 2014; Stafford's
+"Mix13": two multiply-xorshift rounds with full avalanche) used counter-style:
+
+* a draw's 64-bit seed ``s = mix64(mix64(key + stream·γ) + counter·γ)`` (γ = 0x9E3779B97F4A7C15,
+  SplitMix64's Weyl increment) is fully mixed from the key, the stream and the counter, so two
+  steps (or streams, or layers) have unrelated seeds;
+* element block ``b`` hashes ``mix64(mix64(s + b))``. A single finalizer over a counter with
+  increment 1 is known to be weaker than over SplitMix64's γ-sequence; the second round makes
+  it a full-avalanche function of a full-avalanche function, so the fixed input difference
+  ``i − j`` of two elements at every step leaves no trace (see ``tests/test_rng.py``). The
+  index is added, never multiplied by a 64-bit constant: Inductor folds ``arange·c`` into
+  C++ index arithmetic, where a wrapping multiply is undefined behaviour;
+* one 64-bit hash feeds two 23-bit uniforms (its high and low halves), so a draw costs one
+  finalizer round per uniform.
+
+Integer arithmetic is int64 with two's-complement wraparound (the same on CPU, CUDA and
+in Inductor's generated code); right shifts are made logical with a mask.
 """
 
 from __future__ import annotations
 
 import torch
 
-_MASK = 0xFFFFFFFF
-
 # One stream per kind of draw, so two draws with the same key and counter never coincide.
-VOLUME = 0x1B873593
-REJUVENATE_THRESHOLD = 0x68E31DA4
-REJUVENATE_VALUE = 0x2C1B3C6D
-TEMPORAL = 0x297A2D39
-ACTIVITY = 0x5F356495
+VOLUME = 1
+REJUVENATE_THRESHOLD = 2
+REJUVENATE_VALUE = 3
+TEMPORAL = 4
+ACTIVITY = 5
 
 
-def mix32(x):
-    """The ``lowbias32`` bijection on values in [0, 2**32) (int64 tensors or Python ints)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK
-    return x ^ (x >> 16)
+def _signed(x: int) -> int:
+    """A 64-bit constant as the int64 value with the same bits."""
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+GAMMA = _signed(0x9E3779B97F4A7C15)  # the golden-ratio Weyl increment
+_M1 = _signed(0xBF58476D1CE4E5B9)
+_M2 = _signed(0x94D049BB133111EB)
+_BITS23 = (1 << 23) - 1
+
+
+def _srl(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Logical right shift of int64 values (``>>`` on int64 is arithmetic)."""
+    return (x >> shift) & ((1 << (64 - shift)) - 1)
+
+
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finalizer, a bijection on 64-bit values (int64 tensors, wrapping)."""
+    x = (x ^ _srl(x, 30)) * _M1
+    x = (x ^ _srl(x, 27)) * _M2
+    return x ^ _srl(x, 31)
 
 
 def layer_key(seed: int, layer_index: int) -> int:
-    """A layer's 32-bit key from the model seed and the layer's position (host side, once)."""
-    x = mix32((seed ^ (layer_index * 0x9E3779B9)) & _MASK)
-    return mix32(x ^ ((seed >> 32) & _MASK))
+    """A layer's 64-bit key (as a signed int) from the model seed and the layer's position."""
+    x = torch.tensor([_signed(seed % (1 << 64)), layer_index], dtype=torch.int64)
+    return int(mix64(mix64(x[0]) + x[1] * GAMMA))
 
 
-def bits(shape: torch.Size, key: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:
-    """Uniform 32-bit integers (as int64) for every element of ``shape``.
+def stream_seed(key: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:
+    """The 64-bit seed of one draw: ``mix64(mix64(key + stream·γ) + counter·γ)`` (0-d)."""
+    return mix64(mix64(key + _signed(stream * GAMMA % (1 << 64))) + counter * GAMMA)
+
+
+def bits(numel: int, key: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:
+    """``mix64(mix64(s + b))`` for blocks ``b = 0 … numel − 1`` (int64, all 64 bits random).
 
     ``key`` and ``counter`` are 0-d int64 tensors on the target device.
     """
-    k1 = mix32((key ^ stream) & _MASK)
-    k2 = mix32((k1 + counter) & _MASK)
-    index = torch.arange(shape.numel(), device=key.device, dtype=torch.int64).view(shape)
-    return mix32(mix32((index + k1) & _MASK) ^ k2)
+    block = torch.arange(numel, device=key.device, dtype=torch.int64)
+    return mix64(mix64(stream_seed(key, counter, stream) + block))
 
 
 def uniform(shape: torch.Size, key: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:
     """U(0, 1) float32 samples in [2**-24, 1 − 2**-24], never 0 or 1 (23-bit resolution).
 
+    Element ``2b`` takes bits 41-63 of block b's hash and element ``2b + 1`` bits 9-31.
     ``k + 0.5`` is exact in float32 only for ``k < 2**23``; with 24 bits the top value would
     round to 1.0 (and the normal draw to +inf).
     """
-    return ((bits(shape, key, counter, stream) >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
+    shape = torch.Size(shape)
+    numel = shape.numel()
+    h = bits((numel + 1) // 2, key, counter, stream)
+    k = torch.stack([_srl(h, 41), (h >> 9) & _BITS23], dim=-1).reshape(-1)[:numel]
+    return ((k.to(torch.float32) + 0.5) * (1.0 / (1 << 23))).view(shape)
 
 
 def normal(shape: torch.Size, key: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:
