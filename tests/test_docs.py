@@ -144,3 +144,20 @@ def test_ddp_tutorial_script_on_two_processes(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "identical on 2 ranks" in result.stdout, output[-4000:]
+
+
+def test_math_renders_offline(tmp_path):
+    """The docs' own conf.py, on a one-page project: the page loads MathJax from _static, not a CDN."""
+    pytest.importorskip("sphinx")
+    from sphinx.cmd.build import build_main
+
+    source = tmp_path / "src"
+    source.mkdir()
+    conf = (DOCS / "conf.py").read_text(encoding="utf-8")
+    (source / "conf.py").write_text(f"{conf}\nhtml_static_path = []\n", encoding="utf-8")
+    (source / "index.rst").write_text("Math\n====\n\n:math:`g \\leftarrow g \\cdot f`\n", encoding="utf-8")
+    out = tmp_path / "html"
+    assert build_main(["-W", "-q", "-b", "html", str(source), str(out)]) == 0
+    scripts = re.findall(r'<script[^>]*src="([^"]*mathjax[^"]*)"', (out / "index.html").read_text(encoding="utf-8"))
+    assert scripts == ["_static/mathjax/tex-chtml.js"], scripts
+    assert (out / scripts[0]).is_file()
