@@ -161,3 +161,11 @@ def test_math_renders_offline(tmp_path):
     scripts = re.findall(r'<script[^>]*src="([^"]*mathjax[^"]*)"', (out / "index.html").read_text(encoding="utf-8"))
     assert scripts == ["_static/mathjax/tex-chtml.js"], scripts
     assert (out / scripts[0]).is_file()
+
+
+def test_readme_says_how_to_get_the_cpu_build_of_torch():
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    install = readme.split("## Install")[1].split("\n## ")[0]
+    commands = [line for block in re.findall(r"```bash\n(.*?)```", install, flags=re.S) for line in block.splitlines()]
+    assert commands[0] == "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    assert install.index("without an NVIDIA GPU") < install.index("whl/cpu")
