@@ -190,7 +190,10 @@ def _load_model(spec: str) -> tuple[nn.Module, Optional[torch.Tensor]]:
     return obj, None
 
 
-_GAMMA_ERROR = re.compile(r"(?P<what>weight_splitting_Gamma .* of layer '(?P<layer>[^']+)' \(.*?\)\.) Choose a Γ that divides (?P<n>\d+), .*")
+# biofx.passes.plan's message when Γ does not divide a layer's outputs; its fix names Python calls
+_GAMMA_ERROR = re.compile(
+    r"(?P<what>weight_splitting_Gamma .* of layer '(?P<layer>[^']+)' \(.*?\)\.) Choose a Γ that divides (?P<n>\d+), .*"
+)
 
 
 def _command_line_fix(message: str) -> str:

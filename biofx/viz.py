@@ -19,6 +19,7 @@ any ``torch.fx.GraphModule``: a plain one simply has no bio nodes.
 
 from __future__ import annotations
 
+import html
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -227,11 +228,15 @@ def _at_step(gm: fx.GraphModule) -> dict[str, tuple[str, ...]]:
             in_graph[tag["layer"]].add(tag["mechanism"])
     at_step = {}
     for layer in report.converted:
-        # report entries read "rejuvenate (every 50 steps)": the mechanism is the first word
-        step = tuple(m for m in layer.mechanisms if m.partition(" ")[0] not in in_graph[layer.name])
+        step = tuple(m for m in layer.mechanisms if _mechanism(m) not in in_graph[layer.name])
         if step:
             at_step[layer.name] = step
     return at_step
+
+
+def _mechanism(entry: str) -> str:
+    """The mechanism of a ``bio_report`` entry: ``"rejuvenate (every 50 steps)"`` → ``"rejuvenate"``."""
+    return entry.partition(" ")[0]
 
 
 def _module_of(node: fx.Node, tag: Optional[dict]) -> Optional[str]:
@@ -356,20 +361,17 @@ def _step_lane(dot, at_step: dict) -> set:
     drawn, rows = set(), []
     width = 1 + max(len(mechanisms) for mechanisms in at_step.values())
     for layer, mechanisms in at_step.items():
-        cells = [f'<TD BORDER="0" ALIGN="RIGHT">{_html(layer or "<root>")}</TD>']
-        for mechanism in mechanisms:
-            colour = MECHANISM_COLOURS.get(mechanism.partition(" ")[0], OTHER_COLOUR)
-            cells.append(f'<TD BGCOLOR="{colour}">{_html(mechanism)}</TD>')
-            drawn.add(mechanism.partition(" ")[0])
+        cells = [f'<TD BORDER="0" ALIGN="RIGHT">{html.escape(layer or "<root>")}</TD>']
+        for entry in mechanisms:
+            colour = MECHANISM_COLOURS.get(_mechanism(entry), OTHER_COLOUR)
+            cells.append(f'<TD BGCOLOR="{colour}">{html.escape(entry)}</TD>')
+            drawn.add(_mechanism(entry))
         rows.append(f"<TR>{''.join(cells)}</TR>")
     title = f'<TR><TD BORDER="0" COLSPAN="{width}">at optimizer.step() (no graph nodes)</TD></TR>'
-    table = f'<TABLE BORDER="1" STYLE="ROUNDED" COLOR="#777777" CELLBORDER="1" CELLSPACING="4" CELLPADDING="4">{title}{"".join(rows)}</TABLE>'
+    frame = 'BORDER="1" STYLE="ROUNDED" COLOR="#777777" CELLBORDER="1" CELLSPACING="4" CELLPADDING="4"'
+    table = f'<TABLE {frame}>{title}{"".join(rows)}</TABLE>'
     dot.node(STEP_LANE, label=f"<{table}>", shape="plaintext")
     return drawn
-
-
-def _html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _legend(dot, present: set) -> None:

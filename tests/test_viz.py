@@ -238,12 +238,16 @@ def test_input_function_and_caption_labels():
     assert _dot_nodes(viz.to_graphviz(x_named).source)["x"][0]["label"] == "input x"
 
 
-@pytest.mark.parametrize("name, expected", [("mlp", r"Γ=2: 8 → 4 groups → 8\n[3, 8]"), ("cnn", r"Γ=2: 2 → 1 groups → 2\n[2, 2, 8, 8]")])
-def test_weight_split_label_shows_the_group_sums(name, expected):
+@pytest.mark.parametrize(
+    "name, layer, with_shapes",
+    [("mlp", "fc1", r"Γ=2: 8 → 4 groups → 8\n[3, 8]"), ("cnn", "conv1", r"Γ=2: 2 → 1 groups → 2\n[2, 2, 8, 8]")],
+)
+def test_weight_split_label_shows_the_group_sums(name, layer, with_shapes):
     gm, x = _case(name)
-    layer = "fc1" if name == "mlp" else "conv1"
-    assert _dot_nodes(viz.to_graphviz(gm, x).source)["weight_split"][0]["label"] == rf"weight_split\n{layer}\n{expected}"
-    assert _dot_nodes(viz.to_graphviz(gm).source)["weight_split"][0]["label"] == rf"weight_split\n{layer}\nΓ=2: sums groups of 2"
+    label = _dot_nodes(viz.to_graphviz(gm, x).source)["weight_split"][0]["label"]
+    assert label == rf"weight_split\n{layer}\n{with_shapes}"
+    label = _dot_nodes(viz.to_graphviz(gm).source)["weight_split"][0]["label"]
+    assert label == rf"weight_split\n{layer}\nΓ=2: sums groups of 2"
 
 
 STEP_CONFIG = dict(CONFIG, automatic=("fuzzy", "crystallize", "scaling"), rejuvenate_every=50)
@@ -255,9 +259,10 @@ def test_step_mechanisms_are_listed_per_layer():
     at_step = viz.to_networkx(gm).graph["at_step"]
     expected = ("crystallize", "scaling", "rejuvenate (every 50 steps)")
     assert at_step == {"fc1": expected, "out": expected}
-    graph_mechanisms = {tags.get_tag(n)["mechanism"] for n in gm.graph.nodes if tags.get_tag(n)}
+    in_graph = {tags.get_tag(n)["mechanism"] for n in gm.graph.nodes if tags.get_tag(n)}
+    mechanisms = lambda entries: {entry.partition(" ")[0] for entry in entries}  # "rejuvenate (every 50 steps)"
     for layer in gm.bio_report.converted:  # the graph and the lane together cover the report
-        assert {m.partition(" ")[0] for m in layer.mechanisms} <= graph_mechanisms | {m.partition(" ")[0] for m in at_step[layer.name]}
+        assert mechanisms(layer.mechanisms) <= in_graph | mechanisms(at_step[layer.name])
     assert viz.to_networkx(_case("plain_cnn")[0]).graph["at_step"] == {}
     assert viz.to_networkx(biofx.transform(_model("mlp")[0], **CONFIG)).graph["at_step"] == {}
 
