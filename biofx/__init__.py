@@ -6,15 +6,21 @@
 ['0', '2']
 """
 
+import importlib
+
 from .config import DEFAULT_BIO_CONFIG, BioConfig, ConfigMap, Distribution
 from .layers import LayerKind, register_layer_kind
 from .model import BioGraphModule
 from .state import BioSynapses
 from .tracing import BioTracer, TraceError
 from .transform import TransformReport, transform
-from .compat import BioConverter
-from .viz import draw, to_networkx
+# ``summary`` stays eager: the submodule of the same name would otherwise shadow the function
+# once anything imports ``biofx.summary`` (the module is cheap: it needs only biofx.model).
 from .summary import Summary, summary
+
+# Public names whose modules load on first use: ``biofx.viz`` needs networkx, which alone
+# costs about as much as the rest of biofx. ``from biofx import draw`` works as before.
+_LAZY = {"to_networkx": "viz", "draw": "viz", "BioConverter": "compat"}
 
 __version__ = "0.1.0"
 
@@ -38,3 +44,15 @@ __all__ = [
     "summary",
     "Summary",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

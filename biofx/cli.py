@@ -10,8 +10,9 @@
 ``package.module:callable``, a callable returning an ``nn.Module`` (or an ``nn.Module``
 instance). The config flags are generated from :class:`~biofx.BioConfig`'s fields: field
 ``weight_splitting_Gamma`` is ``--weight-splitting-Gamma``, booleans take ``--flag`` /
-``--no-flag``, ``automatic`` a comma-separated list. User mistakes print one line to stderr
-and exit with status 2.
+``--no-flag``, ``automatic`` a comma-separated list. ``--skip-split LAYER`` leaves a layer
+unsplit and ``--plain LAYER`` leaves it plain (both repeatable; a module name or ``re:PATTERN``,
+as in :class:`~biofx.ConfigMap`). User mistakes print one line to stderr and exit with status 2.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import os
 import re
 import sys
 import typing
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from . import zoo
-from .config import BioConfig
+from . import __version__
+from .config import BioConfig, ConfigMap
 from .summary import summary
 from .transform import transform
 from .viz import FORMATS, draw
@@ -38,10 +40,21 @@ from .viz import FORMATS, draw
 __all__ = ["main", "build_parser", "config_from_args"]
 
 _FIELDS = dataclasses.fields(BioConfig)
+EXAMPLES = """examples:
+  biofx summary mlp --weight-splitting-Gamma 2 --apply-dales-principle
+  biofx graph cnn -o cnn.svg --cluster --automatic fuzzy,volume
+  biofx graph mypackage.models:build -o model.png --input-shape 1,784 --plain head"""
 
 
 class UsageError(Exception):
     """A mistake on the command line (reported without a traceback, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line with a hint, not the whole usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -51,26 +64,34 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _demo(argv[1:])
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # reported by the subcommand, whose --help lists its flags
+            _Parser(prog=f"{parser.prog} {args.command}").error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # --help (0) or an argparse error (2, already printed)
         return int(exit_.code or 0)
     try:
         return args.run(args)
     except (UsageError, ValueError, TypeError, ImportError, OSError, RuntimeError) as err:
-        print(f"biofx {args.command}: error: {err}", file=sys.stderr)
+        print(f"biofx {args.command}: error: {_command_line_fix(str(err))}", file=sys.stderr)
         return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``biofx`` (one subcommand per action)."""
-    parser = argparse.ArgumentParser(
+    zoo_models = f"zoo models: {', '.join(f'{name} ({entry.description})' for name, entry in zoo.MODELS.items())}"
+    parser = _Parser(
         prog="biofx",
         description="biofx: biological synapse mechanisms for PyTorch models, as a torch.fx pass.",
-        epilog=f"Zoo models: {', '.join(f'{name} ({entry.description})' for name, entry in zoo.MODELS.items())}.",
+        epilog=f"{EXAMPLES}\n\n{zoo_models}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"biofx {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    model_parent = argparse.ArgumentParser(add_help=False)
+    model_parent = _Parser(add_help=False)
     model_parent.add_argument("model", metavar="MODEL", help="a zoo name or package.module:callable")
+    layers = model_parent.add_argument_group("per-layer choices (a module name or re:PATTERN; repeatable)")
+    layers.add_argument("--skip-split", action="append", default=[], metavar="LAYER", help="leave LAYER unsplit")
+    layers.add_argument("--plain", action="append", default=[], metavar="LAYER", help="leave LAYER plain")
     _add_config_flags(model_parent)
 
     graph = commands.add_parser("graph", parents=[model_parent], help="draw the bio graph (svg, png or pdf)")
@@ -92,10 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> BioConfig:
-    """The :class:`BioConfig` the config flags ask for (unset flags keep the defaults)."""
+def config_from_args(args: argparse.Namespace) -> Union[BioConfig, ConfigMap]:
+    """The config the flags ask for: a :class:`BioConfig` (unset flags keep the defaults), or a
+    :class:`ConfigMap` of it when ``--skip-split`` or ``--plain`` name layers."""
     overrides = {f.name: getattr(args, f.name) for f in _FIELDS if getattr(args, f.name) is not None}
-    return BioConfig(**overrides)
+    config = BioConfig(**overrides)
+    both = set(args.skip_split) & set(args.plain)
+    if both:
+        raise UsageError(f"{sorted(both)[0]} is given to both --skip-split and --plain: choose one")
+    if not args.skip_split and not args.plain:
+        return config
+    unsplit = config.replace(weight_splitting_Gamma=0)
+    return ConfigMap({**{layer: unsplit for layer in args.skip_split}, **dict.fromkeys(args.plain)}, default=config)
 
 
 # -- subcommands -----------------------------------------------------------------------------
@@ -159,6 +188,23 @@ def _load_model(spec: str) -> tuple[nn.Module, Optional[torch.Tensor]]:
         if not isinstance(obj, nn.Module):
             raise UsageError(f"{spec} returned {type(obj).__name__}, not an nn.Module")
     return obj, None
+
+
+# biofx.passes.plan's message when Γ does not divide a layer's outputs; its fix names Python calls
+_GAMMA_ERROR = re.compile(
+    r"(?P<what>weight_splitting_Gamma .* of layer '(?P<layer>[^']+)' \(.*?\)\.) Choose a Γ that divides (?P<n>\d+), .*"
+)
+
+
+def _command_line_fix(message: str) -> str:
+    """``message``, with the fix of a Γ error spelled as this command's flags instead of Python."""
+    match = _GAMMA_ERROR.fullmatch(message)
+    if match is None:
+        return message
+    return (
+        f"{match['what']} Choose a --weight-splitting-Gamma that divides {match['n']}, or leave the layer "
+        f"unsplit with --skip-split {match['layer']} (or plain with --plain {match['layer']})."
+    )
 
 
 def _shape(text: str) -> tuple[int, ...]:

@@ -30,6 +30,16 @@ class BioTracer(fx.Tracer):
         self.extra_leaves = tuple(leaf_modules)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        """Whether ``m`` stays one ``call_module`` node instead of being traced through.
+
+        Leaves, in this order: a module of a registered layer kind (``nn.Linear``,
+        ``nn.Conv1d/2d/3d`` and those added with :func:`biofx.register_layer_kind`), so the
+        passes find each layer call as one node; biofx's own :class:`BioSynapses` state
+        modules; an instance of a ``leaf_modules`` type given to :func:`biofx.transform`; and
+        whatever ``torch.fx`` keeps whole by default (``torch.nn`` modules other than
+        ``nn.Sequential``). A leaf that is not a layer kind is left plain: biofx does not
+        convert layers inside it.
+        """
         if kind_of(m) is not None or isinstance(m, BioSynapses):
             return True
         if self.extra_leaves and isinstance(m, self.extra_leaves):

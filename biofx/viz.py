@@ -3,8 +3,11 @@
 Every node biofx inserts or replaces carries a bio tag (``node.meta["custom"]["biofx"]``,
 see :mod:`biofx.passes.tags`). The networkx view exposes it as the ``biofx`` node attribute;
 the graphviz drawing fills each bio node with the colour of its mechanism
-(:data:`MECHANISM_COLOURS`) and adds a legend of the mechanisms present. Both accept any
-``torch.fx.GraphModule``: a plain one simply has no bio nodes.
+(:data:`MECHANISM_COLOURS`) and adds a legend of the mechanisms present. Mechanisms that act
+at the optimizer step (crystallization, synaptic scaling, rejuvenation) have no graph node:
+the networkx view lists them per layer in ``graph.graph["at_step"]`` and the drawing shows
+them in a lane of their own, so a drawing shows everything ``bio_report`` lists. Both accept
+any ``torch.fx.GraphModule``: a plain one simply has no bio nodes.
 
 >>> import torch, torch.nn as nn, biofx
 >>> from biofx.viz import to_networkx
@@ -16,6 +19,7 @@ the graphviz drawing fills each bio node with the colour of its mechanism
 
 from __future__ import annotations
 
+import html
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,8 +28,10 @@ from typing import Any, Optional, Union
 import networkx as nx
 import torch
 import torch.fx as fx
+from torch.fx.node import _get_qualified_name
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from . import ops
 from .passes import tags
 
 __all__ = ["MECHANISM_COLOURS", "FORMATS", "to_networkx", "to_graphviz", "draw"]
@@ -41,6 +47,7 @@ MECHANISM_COLOURS: dict[str, str] = {
     tags.STATE: "#d9d9d9",
     "crystallize": "#80cdc1",
     "scaling": "#f1b6da",
+    "rejuvenate": "#e6c07b",
 }
 #: Fill colour of a bio node whose mechanism is not in :data:`MECHANISM_COLOURS`.
 OTHER_COLOUR = "#bababa"
@@ -53,6 +60,7 @@ _INSTALL_DOT = (
     "`conda install graphviz`"
 )
 _META_KEYS = ("tensor_meta", "type")  # what ShapeProp writes into node.meta
+STEP_LANE = "at step"  #: the DOT name of the step-phase node (fx node names never contain a space)
 
 
 def to_networkx(gm: fx.GraphModule, example_inputs: Any = None) -> nx.DiGraph:
@@ -63,11 +71,15 @@ def to_networkx(gm: fx.GraphModule, example_inputs: Any = None) -> nx.DiGraph:
         example_inputs: a tensor, or a tuple (or list) of positional inputs; when given, every
             tensor-valued node also gets ``shape`` (a tuple) and ``dtype``.
 
-    Node keys are the fx node names; attributes: ``op``, ``target`` (a string), ``biofx``
-    (a copy of the bio tag, or ``None``) and ``module`` (the owning module path, ``None``
-    when unknown). Shapes come from ``ShapeProp`` run under ``torch.no_grad()`` with every
-    module in eval mode (restored afterwards), so no bio state (activity counts) changes and
-    ``node.meta`` is left as it was.
+    Node keys are the fx node names; attributes: ``op``, ``target`` (a string: the qualified
+    name of a called function, as in ``gm.code``), ``biofx`` (a copy of the bio tag, or
+    ``None``) and ``module`` (the owning module path, ``None`` when unknown). Shapes come
+    from ``ShapeProp`` run under ``torch.no_grad()`` with every module in eval mode (restored
+    afterwards), so no bio state (activity counts) changes and ``node.meta`` is left as it was.
+
+    Graph attributes: ``name`` (the module's class), ``at_step`` (``layer -> mechanisms`` that
+    act at the optimizer step, in ``bio_report``'s words; empty for a plain graph) and, with
+    example inputs, ``input_shapes`` (a list of shapes, one per tensor input).
     """
     if not isinstance(gm, fx.GraphModule):
         raise TypeError(
@@ -75,7 +87,9 @@ def to_networkx(gm: fx.GraphModule, example_inputs: Any = None) -> nx.DiGraph:
             "pass biofx.transform(model) or torch.fx.symbolic_trace(model)"
         )
     shapes = _propagate_shapes(gm, example_inputs) if example_inputs is not None else {}
-    graph = nx.DiGraph(name=type(gm).__name__)
+    graph = nx.DiGraph(name=type(gm).__name__, at_step=_at_step(gm))
+    if example_inputs is not None:
+        graph.graph["input_shapes"] = [list(t.shape) for t in _as_tuple(example_inputs) if isinstance(t, torch.Tensor)]
     for node in gm.graph.nodes:
         tag = tags.get_tag(node)
         attrs = {
@@ -109,14 +123,21 @@ def to_graphviz(
         node_attr={"shape": "box", "style": "rounded", "fontname": "Helvetica", "fontsize": "10"},
         edge_attr={"arrowsize": "0.6"},
     )
-    if title:
-        dot.attr(label=title, labelloc="t", fontsize="16")
-    nodes = {name: _node_attrs(gm, name, data) for name, data in graph.nodes(data=True)}
+    caption = _caption(title, graph.graph.get("input_shapes"))
+    if caption:
+        dot.attr(label=caption, labelloc="t", fontsize="16")
+    fx_nodes = {node.name: node for node in gm.graph.nodes}
+    nodes = {name: _node_attrs(gm, fx_nodes[name], data) for name, data in graph.nodes(data=True)}
     modules = {name: _box_of(data) if cluster_by_module else None for name, data in graph.nodes(data=True)}
     _emit_nodes(dot, nodes, modules)
     for source, target in graph.edges:
         dot.edge(source, target)
     present = {data["biofx"]["mechanism"] for _, data in graph.nodes(data=True) if data["biofx"]}
+    if graph.graph["at_step"]:
+        present |= _step_lane(dot, graph.graph["at_step"])
+        for name, data in graph.nodes(data=True):  # the step comes after the forward pass: draw it below
+            if data["op"] == "output":
+                dot.edge(name, STEP_LANE, style="invis")
     if present:
         _legend(dot, present)
     return dot
@@ -133,7 +154,10 @@ def draw(
 
     Bio nodes are filled with their mechanism's colour (:data:`MECHANISM_COLOURS`), original
     nodes are left white, and a legend lists the mechanisms present. Labels show the
-    operation, the owning module and, with ``example_inputs``, the output shape.
+    operation, the owning module and, with ``example_inputs``, the output shape (the caption
+    then names the input shapes the shapes follow from); a ``weight_split`` node shows its
+    group sums (``Γ=2: 128 → 64 groups → 128``). Mechanisms that act at the optimizer step
+    are drawn per layer in an "at optimizer.step()" lane.
     ``cluster_by_module=True`` boxes the nodes of each module (nested along the module path),
     which keeps large models readable.
 
@@ -156,7 +180,7 @@ def draw(
 # -- networkx ------------------------------------------------------------------------------
 def _propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> dict:
     """``node name -> ShapeProp tensor metadata``, leaving modes, bio state and ``node.meta`` as they were."""
-    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    inputs = _as_tuple(example_inputs)
     saved_meta = {node: {k: node.meta[k] for k in _META_KEYS if k in node.meta} for node in gm.graph.nodes}
     modes = [(module, module.training) for module in gm.modules()]
     gm.eval()
@@ -181,8 +205,38 @@ def _propagate_shapes(gm: fx.GraphModule, example_inputs: Any) -> dict:
             node.meta.update(meta)
 
 
+def _as_tuple(example_inputs: Any) -> tuple:
+    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+
+
 def _target_name(target: Any) -> str:
-    return target if isinstance(target, str) else torch.typename(target)
+    # the name fx's code generation uses: F.max_pool2d is a boolean_dispatch wrapper whose
+    # type name ends in "<locals>.fn"
+    return target if isinstance(target, str) else _get_qualified_name(target)
+
+
+def _at_step(gm: fx.GraphModule) -> dict[str, tuple[str, ...]]:
+    """``layer -> mechanisms`` that ``bio_report`` lists for the layer but no graph node serves:
+    those act at the optimizer step (or on a schedule of steps), not in the graph."""
+    report = getattr(gm, "bio_report", None)
+    if report is None:
+        return {}
+    in_graph = defaultdict(set)
+    for node in gm.graph.nodes:
+        tag = tags.get_tag(node)
+        if tag is not None:
+            in_graph[tag["layer"]].add(tag["mechanism"])
+    at_step = {}
+    for layer in report.converted:
+        step = tuple(m for m in layer.mechanisms if _mechanism(m) not in in_graph[layer.name])
+        if step:
+            at_step[layer.name] = step
+    return at_step
+
+
+def _mechanism(entry: str) -> str:
+    """The mechanism of a ``bio_report`` entry: ``"rejuvenate (every 50 steps)"`` → ``"rejuvenate"``."""
+    return entry.partition(" ")[0]
 
 
 def _module_of(node: fx.Node, tag: Optional[dict]) -> Optional[str]:
@@ -216,15 +270,35 @@ def _short_name(gm: fx.GraphModule, name: str, data: dict) -> str:
     if op in ("call_function", "get_attr"):
         return target.rpartition(".")[2]
     if op == "placeholder":
-        return f"input {target}"
+        return "input" if target == "input" else f"input {target}"
     return target  # call_method: the method name; output: "output"
 
 
-def _node_attrs(gm: fx.GraphModule, name: str, data: dict) -> dict:
+def _caption(title: Optional[str], input_shapes: Optional[list]) -> str:
+    """The title, and which input the drawn shapes belong to."""
+    lines = [title] if title else []
+    if input_shapes:
+        lines.append(f"shapes for an example input of {', '.join(map(str, input_shapes))}")
+    return "\\n".join(lines)
+
+
+def _split_line(node: fx.Node, data: dict) -> str:
+    """What a ``weight_split`` node computes: ``"Γ=2: 128 → 64 groups → 128"``."""
+    _, gamma, channel_dim = node.args
+    if "shape" not in data:
+        return f"Γ={gamma}: sums groups of {gamma}"
+    channels = data["shape"][channel_dim]
+    return f"Γ={gamma}: {channels} → {channels // gamma} groups → {channels}"
+
+
+def _node_attrs(gm: fx.GraphModule, node: fx.Node, data: dict) -> dict:
     """Label (operation, module, shape), tooltip and fill of one node."""
+    name = node.name
     lines = [_short_name(gm, name, data)]
     if data["module"]:
         lines.append(data["module"])
+    if node.target is ops.weight_split:
+        lines.append(_split_line(node, data))
     if "shape" in data:
         dtype = str(data["dtype"]).removeprefix("torch.")
         lines.append(f"{list(data['shape'])}" + ("" if dtype == "float32" else f" {dtype}"))
@@ -279,6 +353,25 @@ def _emit_nodes(dot, nodes: dict, modules: dict) -> None:
                 emit(sub, child)
 
     emit(dot, "")
+
+
+def _step_lane(dot, at_step: dict) -> set:
+    """One node, a table with a row per layer: the mechanisms that act at its optimizer step,
+    each in its colour. Returns the mechanisms drawn (for the legend)."""
+    drawn, rows = set(), []
+    width = 1 + max(len(mechanisms) for mechanisms in at_step.values())
+    for layer, mechanisms in at_step.items():
+        cells = [f'<TD BORDER="0" ALIGN="RIGHT">{html.escape(layer or "<root>")}</TD>']
+        for entry in mechanisms:
+            colour = MECHANISM_COLOURS.get(_mechanism(entry), OTHER_COLOUR)
+            cells.append(f'<TD BGCOLOR="{colour}">{html.escape(entry)}</TD>')
+            drawn.add(_mechanism(entry))
+        rows.append(f"<TR>{''.join(cells)}</TR>")
+    title = f'<TR><TD BORDER="0" COLSPAN="{width}">at optimizer.step() (no graph nodes)</TD></TR>'
+    frame = 'BORDER="1" STYLE="ROUNDED" COLOR="#777777" CELLBORDER="1" CELLSPACING="4" CELLPADDING="4"'
+    table = f'<TABLE {frame}>{title}{"".join(rows)}</TABLE>'
+    dot.node(STEP_LANE, label=f"<{table}>", shape="plaintext")
+    return drawn
 
 
 def _legend(dot, present: set) -> None:

@@ -18,6 +18,9 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
     "sphinx.ext.mathjax",
+    # MathJax from the package, copied into _build/html/_static/mathjax: formulas render
+    # offline (sphinx.ext.mathjax alone loads it from a CDN). Sets mathjax_path.
+    "sphinx-mathjax-offline",
 ]
 
 exclude_patterns = ["_build"]

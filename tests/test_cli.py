@@ -134,21 +134,100 @@ def test_input_shape_sets_the_shapes(tmp_path, user_module):
         (["graph", "{user}:build", "-o", "{tmp}/g.svg"], "pass --input-shape (e.g. --input-shape 1,784)"),
         (["graph", "mlp", "-o", "{tmp}/g.txt"], "the suffix must be one of .svg, .png, .pdf"),
         (["graph", "mlp", "-o", "{tmp}/g.svg", "--input-shape", "2,5"], "example_inputs do not fit BioMLP"),
-        (["summary", "mlp", "--weight-splitting-Gamma", "3"], "weight_splitting_Gamma (3) must evenly divide"),
+        (
+            ["summary", "mlp", "--weight-splitting-Gamma", "3"],
+            "weight_splitting_Gamma (3) must evenly divide the number of features (512) of layer 'fc1' "
+            "(Linear, 512 outputs). Choose a --weight-splitting-Gamma that divides 512, or leave the layer "
+            "unsplit with --skip-split fc1 (or plain with --plain fc1).",
+        ),
+        (["summary", "mlp", "--plain", "fc9"], "ConfigMap name 'fc9' matches no convertible layer; did you mean"),
+        (["summary", "mlp", "--plain", "fc1", "--skip-split", "fc1"], "fc1 is given to both --skip-split and --plain"),
         (["summary", "mlp", "--base-lr", "2"], "BioConfig.base_lr must be in (0.0, 1.0), got 2.0"),
         (["summary", "mlp", "--automatic", "fuzzy,bogus"], "unknown mechanism 'bogus'"),
-        (["summary", "mlp", "--fuzzy-lr-distribution", "bogus"], "invalid choice: 'bogus'"),
-        (["graph", "mlp", "-o", "{tmp}/g.svg", "--input-shape", "a,b"], "invalid shape 'a,b'"),
-        (["graph", "mlp"], "the following arguments are required: -o/--output"),
-        ([], "the following arguments are required: COMMAND"),
     ],
 )
 def test_user_mistakes_exit_2_with_a_message(argv, message, tmp_path, user_module, capsys):
     fill = {"user": user_module, "tmp": str(tmp_path)}
     assert cli.main([a.format(**fill) for a in argv]) == 2
     err = capsys.readouterr().err
+    assert err.startswith(f"biofx {argv[0]}: error: ") and err.count("\n") == 1, err
     assert message.format(**fill) in err
-    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["summary", "mlp", "--fuzzy-lr-distribution", "cauchy"], "argument --fuzzy-lr-distribution: invalid choice: 'cauchy'"),
+        (["graph", "mlp", "-o", "g.svg", "--weight-splitting-Gamma", "two"], "argument --weight-splitting-Gamma: invalid int value: 'two'"),
+        (["graph", "mlp", "-o", "g.svg", "--input-shape", "a,b"], "argument --input-shape: invalid shape 'a,b'"),
+        (["graph", "mlp"], "the following arguments are required: -o/--output"),
+        (["summary", "mlp", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)  # fmt: skip
+def test_argument_mistakes_are_one_line_with_a_help_hint(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    command = f"biofx {argv[0]}"
+    assert err.startswith(f"{command}: error: {message}") and err.endswith(f" (see: {command} --help)\n"), err
+    assert err.count("\n") == 1, err
+
+
+def test_missing_command_is_one_line_with_a_help_hint(capsys):
+    assert cli.main([]) == 2
+    assert capsys.readouterr().err == "biofx: error: the following arguments are required: COMMAND (see: biofx --help)\n"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"biofx {biofx.__version__}\n"
+    assert cli.main(["--version"]) == 0
+
+
+def test_help_shows_runnable_examples(tmp_path, monkeypatch, capsys):
+    assert cli.main(["--help"]) == 0
+    help_text = capsys.readouterr().out
+    examples = [line.strip() for line in help_text.split("examples:\n")[1].split("\n\n")[0].splitlines()]
+    assert len(examples) == 3 and all(e.startswith("biofx ") for e in examples)
+    monkeypatch.chdir(tmp_path)
+    for example in examples[:2]:  # the third needs the user's own package
+        assert cli.main(example.split()[1:]) == 0, example
+
+
+# -- per-layer flags -------------------------------------------------------------------------
+def _rows(out):
+    """``layer -> its line`` of a printed summary's table, and the summary's lines."""
+    lines = out.splitlines()
+    return {line.split()[0]: line for line in lines if line.startswith(("fc1 ", "fc2 ", "out "))}, lines
+
+
+def test_skip_split_leaves_a_layer_unsplit(capsys):
+    assert cli.main(["summary", "mlp", "--weight-splitting-Gamma", "2", "--skip-split", "fc1"]) == 0
+    rows, _ = _rows(capsys.readouterr().out)
+    assert "weight_split" not in rows["fc1"] and "fuzzy" in rows["fc1"]
+    assert "weight_split (Γ=2)" in rows["fc2"]
+
+
+def test_plain_leaves_a_layer_plain(capsys):
+    assert cli.main(["summary", "mlp", "--plain", "re:o.t", "--plain", "fc1"]) == 0
+    rows, lines = _rows(capsys.readouterr().out)
+    assert set(rows) == {"fc2"}
+    assert "  out: left plain by ConfigMap (pattern 're:o.t')" in lines
+    assert "  fc1: left plain by ConfigMap (name 'fc1')" in lines
+
+
+def test_skip_split_makes_an_indivisible_gamma_work(capsys):
+    argv = ["summary", "mlp", "--weight-splitting-Gamma", "3", "--skip-split", "fc1", "--skip-split", "fc2"]
+    assert cli.main(argv) == 0
+    assert "Bio layers: 3" in capsys.readouterr().out
+
+
+def test_layer_flags_make_a_config_map():
+    args = cli.build_parser().parse_args(["summary", "mlp", "--plain", "out", "--seed", "2"])
+    config = cli.config_from_args(args)
+    assert isinstance(config, biofx.ConfigMap)
+    assert config.names == {"out": None} and config.default == biofx.BioConfig(seed=2)
 
 
 # -- demo ----------------------------------------------------------------------------------

@@ -5,20 +5,29 @@ in order in one namespace, in a fresh temporary working directory. A block prece
 ``.. skip-test: <reason>`` comment is not run (only for what cannot run here, e.g. a
 multi-process launch). Pages whose code calls ``torch.compile`` are marked slow.
 
+A block that prints must be followed (blank lines between) by its expected output, a
+``.. code-block:: text`` with ``:caption: Output``. The printed lines must match it line by
+line: the text between numbers exactly, each number within 1 % (or 1e-3) of the expected
+one, and ``...`` in an expected line stands for any text (for timings, addresses).
+
 The DDP tutorial's training script additionally runs in two processes
 (``torch.distributed.run``) and must report identical bio state on both ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import linecache
+import math
 import os
 import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -27,6 +36,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. (?P<name>code-block|code|sourcecode)::[ \t]*(?P<lang>\S*)")
 SKIP = re.compile(r"^[ \t]*\.\. skip-test:(?P<reason>.*)$")
 MAX_SKIPS = 3
+OUTPUT_CAPTION = ":caption: Output"
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 @dataclasses.dataclass
@@ -36,6 +47,7 @@ class Block:
     code: str
     caption: str
     skip: str  # reason, or "" to run
+    output: Optional[str] = None  # the expected output block, if one follows
 
 
 def extract_blocks(page: Path) -> list[Block]:
@@ -58,8 +70,62 @@ def extract_blocks(page: Path) -> list[Block]:
             body.append(lines[j])
             j += 1
         code = textwrap.dedent("\n".join(body)).strip("\n") + "\n"
-        blocks.append(Block(page, i + 1, code, caption, _skip_reason(lines, i)))
+        blocks.append(Block(page, i + 1, code, caption, _skip_reason(lines, i), _output_after(lines, j)))
     return blocks
+
+
+def _output_after(lines: list[str], k: int) -> Optional[str]:
+    """The body of an ``Output`` text block starting at line ``k`` (after blank lines), or None."""
+    while k < len(lines) and not lines[k].strip():
+        k += 1
+    match = DIRECTIVE.match(lines[k]) if k < len(lines) else None
+    if not match or match["lang"] != "text" or k + 1 >= len(lines) or lines[k + 1].strip() != OUTPUT_CAPTION:
+        return None
+    indent, k = len(match["indent"]), k + 2
+    body = []
+    while k < len(lines) and (not lines[k].strip() or _indent(lines[k]) > indent):
+        body.append(lines[k])
+        k += 1
+    return textwrap.dedent("\n".join(body)).strip("\n")
+
+
+def output_mismatch(expected: str, printed: str) -> Optional[str]:
+    """Why ``printed`` does not match ``expected`` (see the module docstring), or None."""
+    want, got = _trimmed(expected), _trimmed(printed)
+    if len(want) != len(got):
+        return f"expected {len(want)} lines, printed {len(got)}:\n{printed}"
+    for number, (line, out) in enumerate(zip(want, got), 1):
+        if not _line_matches(line, out):
+            return f"line {number}: expected\n  {line}\nprinted\n  {out}"
+    return None
+
+
+def _trimmed(text: str) -> list[str]:
+    """The lines of ``text`` without trailing spaces and without blank lines at either end."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    while lines and not lines[0]:
+        lines.pop(0)
+    return lines
+
+
+def _line_matches(expected: str, printed: str) -> bool:
+    numbers, pattern = [], []
+    for k, part in enumerate(expected.split("...")):
+        if k:
+            pattern.append(".*")
+        last = 0
+        for match in NUMBER.finditer(part):
+            pattern += [re.escape(part[last : match.start()]), f"({NUMBER.pattern})"]
+            numbers.append(float(match.group()))
+            last = match.end()
+        pattern.append(re.escape(part[last:]))
+    match = re.fullmatch("".join(pattern), printed)
+    return match is not None and all(
+        math.isclose(want, float(got), rel_tol=1e-2, abs_tol=1e-3) for want, got in zip(numbers, match.groups())
+    )
+
 
 
 def _indent(line: str) -> int:
@@ -96,7 +162,14 @@ def test_page_examples_run(page: Path, tmp_path, monkeypatch):
         filename = f"{page.relative_to(DOCS)}:{block.line}"
         linecache.cache[filename] = (len(block.code), None, block.code.splitlines(True), filename)
         compiled = compile(block.code, filename, "exec")
-        exec(compiled, namespace)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compiled, namespace)
+        if block.output is None:
+            assert not printed.getvalue(), f"{filename} prints; add its output below it:\n{printed.getvalue()}"
+        else:
+            mismatch = output_mismatch(block.output, printed.getvalue())
+            assert mismatch is None, f"{filename}: the output differs from the docs: {mismatch}"
 
 
 def test_examples_are_found_and_skips_are_rare_and_explained():
@@ -126,6 +199,35 @@ def test_extractor_reads_options_indentation_and_skips(tmp_path):
     assert second.skip == "needs two GPUs" and second.code == "raise SystemExit\n"
 
 
+def test_extractor_reads_the_output_block(tmp_path):
+    page = tmp_path / "p.rst"
+    page.write_text(
+        ".. code-block:: python\n\n   print(1)\n\n"
+        ".. code-block:: text\n   :caption: Output\n\n   loss 0.250\n     indented\n\nText.\n\n"
+        ".. code-block:: python\n\n   x = 2\n\nText.\n\n.. code-block:: text\n   :caption: Output\n\n   not x's\n"
+    )
+    first, second = extract_blocks(page)
+    assert first.output == "loss 0.250\n  indented"
+    assert second.output is None  # a paragraph in between: not this block's output
+
+
+@pytest.mark.parametrize(
+    "expected, printed, ok",
+    [
+        ("loss 0.250, accuracy 95.9%", "loss 0.251, accuracy 95.8%", True),  # numbers within 1 %
+        ("loss 0.250, accuracy 95.9%", "loss 0.300, accuracy 95.9%", False),
+        ("loss 0.250", "loss: 0.250", False),  # the text between numbers is exact
+        ("fc1 [8, 16]", "fc1 [8, 16]", True),
+        ("fc1 [8, 16]", "fc2 [8, 16]", False),
+        ("took ... s", "took 12.3 s", True),  # ... stands for any text
+        ("\nline\n\n", "line   \n", True),  # blank lines at the ends and trailing spaces do not count
+        ("a\nb", "a", False),
+    ],
+)
+def test_output_comparison(expected, printed, ok):
+    assert (output_mismatch(expected, printed) is None) is ok
+
+
 def _ddp_script() -> str:
     blocks = [b for b in extract_blocks(DOCS / "tutorials" / "distributed.rst") if b.caption == "ddp_train.py"]
     assert len(blocks) == 1, "the DDP tutorial must hold one block captioned ddp_train.py"
@@ -144,3 +246,28 @@ def test_ddp_tutorial_script_on_two_processes(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "identical on 2 ranks" in result.stdout, output[-4000:]
+
+
+def test_math_renders_offline(tmp_path):
+    """The docs' own conf.py, on a one-page project: the page loads MathJax from _static, not a CDN."""
+    pytest.importorskip("sphinx")
+    from sphinx.cmd.build import build_main
+
+    source = tmp_path / "src"
+    source.mkdir()
+    conf = (DOCS / "conf.py").read_text(encoding="utf-8")
+    (source / "conf.py").write_text(f"{conf}\nhtml_static_path = []\n", encoding="utf-8")
+    (source / "index.rst").write_text("Math\n====\n\n:math:`g \\leftarrow g \\cdot f`\n", encoding="utf-8")
+    out = tmp_path / "html"
+    assert build_main(["-W", "-q", "-b", "html", str(source), str(out)]) == 0
+    scripts = re.findall(r'<script[^>]*src="([^"]*mathjax[^"]*)"', (out / "index.html").read_text(encoding="utf-8"))
+    assert scripts == ["_static/mathjax/tex-chtml.js"], scripts
+    assert (out / scripts[0]).is_file()
+
+
+def test_readme_says_how_to_get_the_cpu_build_of_torch():
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    install = readme.split("## Install")[1].split("\n## ")[0]
+    commands = [line for block in re.findall(r"```bash\n(.*?)```", install, flags=re.S) for line in block.splitlines()]
+    assert commands[0] == "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    assert install.index("without an NVIDIA GPU") < install.index("whl/cpu")

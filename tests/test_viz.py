@@ -10,6 +10,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+import torch.nn.functional as F
+from torch.fx.node import _get_qualified_name
+
 import biofx
 from biofx import viz, zoo
 from biofx.passes import tags
@@ -87,7 +90,7 @@ def test_networkx_mirrors_the_fx_graph(name):
     for node in gm.graph.nodes:
         data = g.nodes[node.name]
         assert data["op"] == node.op
-        assert data["target"] == (node.target if isinstance(node.target, str) else torch.typename(node.target))
+        assert data["target"] == (node.target if isinstance(node.target, str) else _get_qualified_name(node.target))
         assert data["biofx"] == tags.get_tag(node)
         assert "shape" not in data and "dtype" not in data
 
@@ -216,6 +219,74 @@ def test_labels_show_operation_module_and_shape():
     assert "label=\"My model\"" in viz.to_graphviz(gm, title="My model").source
 
 
+def test_input_function_and_caption_labels():
+    class Pooled(nn.Module):
+        def forward(self, input):
+            return F.max_pool2d(input, 2)
+
+    gm = fx.symbolic_trace(Pooled())
+    g = viz.to_networkx(gm, torch.randn(4, 1, 6, 6))
+    assert g.nodes["max_pool2d"]["target"] == "torch.nn.functional.max_pool2d"  # not "...<locals>.fn"
+    assert g.graph["input_shapes"] == [[4, 1, 6, 6]]
+    source = viz.to_graphviz(gm, torch.randn(4, 1, 6, 6), title="Pooled").source
+    nodes = _dot_nodes(source)
+    placeholder = next(n.name for n in gm.graph.nodes if n.op == "placeholder")
+    assert nodes[placeholder][0]["label"] == r"input\n[4, 1, 6, 6]"  # not "input input"
+    assert nodes["max_pool2d"][0]["label"] == r"max_pool2d\n[4, 1, 3, 3]"
+    assert 'label="Pooled\\nshapes for an example input of [4, 1, 6, 6]"' in source
+    x_named, _ = _case("plain_cnn")  # forward(self, x)
+    assert _dot_nodes(viz.to_graphviz(x_named).source)["x"][0]["label"] == "input x"
+
+
+@pytest.mark.parametrize(
+    "name, layer, with_shapes",
+    [("mlp", "fc1", r"Γ=2: 8 → 4 groups → 8\n[3, 8]"), ("cnn", "conv1", r"Γ=2: 2 → 1 groups → 2\n[2, 2, 8, 8]")],
+)
+def test_weight_split_label_shows_the_group_sums(name, layer, with_shapes):
+    gm, x = _case(name)
+    label = _dot_nodes(viz.to_graphviz(gm, x).source)["weight_split"][0]["label"]
+    assert label == rf"weight_split\n{layer}\n{with_shapes}"
+    label = _dot_nodes(viz.to_graphviz(gm).source)["weight_split"][0]["label"]
+    assert label == rf"weight_split\n{layer}\nΓ=2: sums groups of 2"
+
+
+STEP_CONFIG = dict(CONFIG, automatic=("fuzzy", "crystallize", "scaling"), rejuvenate_every=50)
+
+
+def test_step_mechanisms_are_listed_per_layer():
+    model, x = _model("mlp")
+    gm = biofx.transform(model, **STEP_CONFIG)
+    at_step = viz.to_networkx(gm).graph["at_step"]
+    expected = ("crystallize", "scaling", "rejuvenate (every 50 steps)")
+    assert at_step == {"fc1": expected, "out": expected}
+    in_graph = {tags.get_tag(n)["mechanism"] for n in gm.graph.nodes if tags.get_tag(n)}
+    mechanisms = lambda entries: {entry.partition(" ")[0] for entry in entries}  # "rejuvenate (every 50 steps)"
+    for layer in gm.bio_report.converted:  # the graph and the lane together cover the report
+        assert mechanisms(layer.mechanisms) <= in_graph | mechanisms(at_step[layer.name])
+    assert viz.to_networkx(_case("plain_cnn")[0]).graph["at_step"] == {}
+    assert viz.to_networkx(biofx.transform(_model("mlp")[0], **CONFIG)).graph["at_step"] == {}
+
+
+def test_step_lane_is_drawn_with_colours_and_legend(tmp_path):
+    model, x = _model("mlp")
+    gm = biofx.transform(model, **STEP_CONFIG)
+    source = viz.to_graphviz(gm, x).source
+    nodes = _dot_nodes(source)
+    lane = [line.strip() for line in source.splitlines() if line.strip().startswith(f'"{viz.STEP_LANE}" [label=<')]
+    assert len(lane) == 1
+    rows = re.findall(r"<TR>(.*?)</TR>", lane[0])
+    assert "at optimizer.step() (no graph nodes)" in rows[0]
+    cells = [
+        f'<TD BGCOLOR="{viz.MECHANISM_COLOURS[m.partition(" ")[0]]}">{m}</TD>'
+        for m in ("crystallize", "scaling", "rejuvenate (every 50 steps)")
+    ]
+    assert rows[1:] == [f'<TD BORDER="0" ALIGN="RIGHT">{layer}</TD>' + "".join(cells) for layer in ("fc1", "out")]
+    legend = {attrs["label"] for n, (attrs, _) in nodes.items() if n.startswith("legend ")}
+    assert {"crystallize", "scaling", "rejuvenate", "fuzzy", "activity"} <= legend
+    texts = {t.text for t in ET.parse(viz.draw(gm, tmp_path / "g.svg", x)).iter("{http://www.w3.org/2000/svg}text")}
+    assert {"at optimizer.step() (no graph nodes)", "fc1", "rejuvenate (every 50 steps)"} <= texts
+
+
 def test_clusters_nest_along_the_module_path():
     gm, _ = _case("residual")
     plain_nodes = _dot_nodes(viz.to_graphviz(gm).source)
@@ -286,5 +357,7 @@ def test_docs_colour_table_matches_the_colours():
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_docs_pictures_show_every_graph_mechanism(name):
     texts = {t.text for t in ET.parse(DOCS / "_static" / f"graph_{name}.svg").iter("{http://www.w3.org/2000/svg}text")}
-    assert GRAPH_MECHANISMS <= texts  # the legend
+    assert GRAPH_MECHANISMS | {"crystallize", "scaling", "rejuvenate"} <= texts  # the legend
     assert {"dale_weight", "fuzzy_grad", "volume_grad", "weight_split", "BioSynapses"} <= texts
+    assert {"at optimizer.step() (no graph nodes)", "rejuvenate (every 50 steps)"} <= texts  # the step lane
+    assert any(t and t.startswith("shapes for an example input of [2, ") for t in texts)  # the caption

@@ -1,8 +1,9 @@
 """Draw the example bio graphs of the docs: ``docs/_static/graph_mlp.svg`` and ``graph_cnn.svg``.
 
 A small MLP and a small CNN from :mod:`biofx.zoo`, transformed with Γ = 2, Dale's principle,
-fuzzy and volume-dependent plasticity in the graph (``automatic=("fuzzy", "volume")``) and
-synaptic scaling (activity probes), so every mechanism that has graph nodes shows.
+fuzzy and volume-dependent plasticity in the graph, crystallization and synaptic scaling
+(with its activity probes) at the optimizer step and rejuvenation every 50 steps, so every
+mechanism shows: as graph nodes or in the drawing's "at optimizer.step()" lane.
 
 Usage: ``python tools/draw_examples.py [--out DIR]``
 """
@@ -21,8 +22,9 @@ from biofx.viz import draw
 CONFIG = biofx.BioConfig(
     weight_splitting_Gamma=2,
     apply_dales_principle=True,
-    automatic=("fuzzy", "volume"),
+    automatic=("fuzzy", "volume", "crystallize", "scaling"),
     synaptic_scaling_gamma=0.01,
+    rejuvenate_every=50,
     seed=0,
 )
 
