@@ -39,6 +39,8 @@ class Distribution(str, enum.Enum):
 
 #: Gradient mechanisms that ``BioConfig.automatic`` may name.
 MECHANISMS = ("fuzzy", "volume", "crystallize", "scaling")
+#: Where the automatic multiplicative mechanisms act (``BioConfig.acts_on``).
+ACTS_ON = ("update", "gradient")
 
 # Short names accepted for ``weight_splitting_activation_function`` (config files, CLI).
 _ACTIVATIONS = {
@@ -90,10 +92,15 @@ class BioConfig:
     biofx fields:
 
     Args:
-        automatic: gradient mechanisms the graph applies by itself, a subset of
+        automatic: mechanisms biofx applies by itself, a subset of
             ``("fuzzy", "volume", "crystallize", "scaling")``. Default ``("fuzzy",)``: the
-            fuzzy multipliers act inside ``loss.backward()``; calling the method of an
-            automatic mechanism is then a no-op, so nothing is applied twice.
+            user's training loop is unchanged; calling the method of an automatic mechanism
+            is then a no-op, so nothing is applied twice.
+        acts_on: where automatic ``fuzzy`` and ``volume`` multiply: ``"update"`` (default)
+            scales each weight's optimizer update at the step, ``Δw ← f·Δw``, a per-weight
+            learning rate under any optimizer; ``"gradient"`` scales the gradient in
+            ``loss.backward()``, ``g ← g·f`` (the paper's formulation; the same as
+            ``"update"`` for plain SGD, but cancelled by Adam's per-weight normalization).
         dale_excitatory_fraction: fraction of presynaptic units that are excitatory.
         synaptic_scaling_gamma: γ of synaptic scaling ``g ← g − γ·(a_target − ā_i)·w``
             (0 disables it).
@@ -124,6 +131,7 @@ class BioConfig:
     fuzzy_lr_total_layers: int = -1
     # biofx's own fields
     automatic: tuple = ("fuzzy",)
+    acts_on: str = "update"
     dale_excitatory_fraction: float = 0.8
     synaptic_scaling_gamma: float = 0.0
     synaptic_scaling_target: float = 0.1
@@ -148,6 +156,8 @@ class BioConfig:
             raise ValueError(
                 f"BioConfig.fuzzy_lr_min ({self.fuzzy_lr_min}) must not exceed fuzzy_lr_max ({self.fuzzy_lr_max})"
             )
+        if self.acts_on not in ACTS_ON:
+            raise ValueError(f"BioConfig.acts_on must be 'update' or 'gradient', got {self.acts_on!r}")
         if self.rejuvenation_rule not in ("paper", "lognormal"):
             raise ValueError(
                 f"BioConfig.rejuvenation_rule must be 'paper' or 'lognormal', got {self.rejuvenation_rule!r}"
@@ -213,6 +223,11 @@ class BioConfig:
     def splits(self) -> bool:
         """Whether weight splitting is on (Γ > 1)."""
         return self.weight_splitting_Gamma > 1
+
+    @property
+    def scales_update(self) -> bool:
+        """Whether automatic fuzzy or volume factors scale the optimizer's update at the step."""
+        return self.acts_on == "update" and bool({"fuzzy", "volume"} & set(self.automatic))
 
     @property
     def tracks_activity(self) -> bool:

@@ -4,13 +4,17 @@
 optimizer's ``step()``: after gradient accumulation and after DDP's all-reduce, without the
 user passing the optimizer in. Mechanisms that need the step's whole gradient run here:
 
-* before the step: activity statistics are folded (summed over ranks under DDP), then
-  ``crystallize`` and ``scaling`` act on ``.grad`` for layers that have them automatic;
-* after the step: the step counters advance, dynamic fuzzy rates update (when ``fuzzy`` is
-  automatic) and layers with ``rejuvenate_every = N`` rejuvenate every N-th step.
+* before the step, in the order of the authors' training loop (backward → synaptic scaling →
+  rejuvenation → crystallization → step): ``scaling`` on ``.grad`` (activity statistics are
+  folded first, summed over ranks under DDP), rejuvenation for layers with
+  ``rejuvenate_every = N`` on every N-th step, ``crystallize`` on ``.grad``;
+* after the step: with ``acts_on="update"`` (the default) the update each weight just took
+  is rescaled by its fuzzy and volume factors, then crystallized; the step counters
+  advance and dynamic fuzzy rates update (when ``fuzzy`` is automatic).
 
-Only layers whose weight the stepping optimizer holds are touched. The multiplicative
-mechanisms (``fuzzy``, ``volume``) act in the backward graph instead (see ``biofx.ops``).
+Only layers whose weight the stepping optimizer holds are touched. With
+``acts_on="gradient"`` the multiplicative mechanisms (``fuzzy``, ``volume``) act in the
+backward graph instead (see ``biofx.ops``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ def _layers_of(optimizer: torch.optim.Optimizer) -> list[BioSynapses]:
     position = {id(p): i for i, p in enumerate(params)}
     # Order by the optimizer's parameter order: the same on every rank, so collectives
     # (activity statistics under DDP) are issued in the same order everywhere.
-    layers = sorted((s for s in live if id(s.weight) in position), key=lambda s: position[id(s.weight)])
+    layers = [s for s in live if id(s.weight) in position and not s.superseded]
+    layers.sort(key=lambda s: position[id(s.weight)])
     _CACHE[optimizer] = (signature, [weakref.ref(s) for s in layers])
     return layers
 
@@ -44,12 +49,7 @@ def _layers_of(optimizer: torch.optim.Optimizer) -> list[BioSynapses]:
 @torch.no_grad()
 def _before_step(optimizer, args, kwargs) -> None:
     for layer in _layers_of(optimizer):
-        if layer.weight.grad is None:
-            continue
-        if layer.automatic("crystallize"):
-            layer.crystallize()
-        if layer.automatic("scaling"):
-            layer.scale_grad()
+        layer.before_step()
 
 
 @torch.no_grad()
@@ -57,14 +57,13 @@ def _after_step(optimizer, args, kwargs) -> None:
     layers = _layers_of(optimizer)
     if not layers:
         return
+    for layer in layers:
+        layer.after_step()
     torch._foreach_add_([layer.step for layer in layers], 1)
     for layer in layers:
         layer.advance()
         if layer.automatic("fuzzy"):
             layer.update_fuzzy()
-        every = layer.config.rejuvenate_every
-        if every and layer._step % every == 0:
-            layer.rejuvenate()
 
 
 def install() -> None:

@@ -25,8 +25,15 @@ class BioMethods:
     """Mixin with the model-level bio methods; needs only ``self.modules()``."""
 
     def bio_layers(self) -> list[BioSynapses]:
-        """The state modules of all bio layers, in execution order."""
-        return [m for m in self.modules() if isinstance(m, BioSynapses) and m.managed]
+        """The state modules of all bio layers, in execution order (one per weight)."""
+        layers = [m for m in self.modules() if isinstance(m, BioSynapses) and m.managed]
+        stale = [layer.layer_name for layer in layers if layer.superseded]
+        if stale:
+            raise RuntimeError(
+                f"this bio model no longer drives {stale}: a newer biofx.transform of the same model took "
+                "their weights over. Use the newer bio model (one transform per model is live at a time)."
+            )
+        return layers
 
     # -- helpers ----------------------------------------------------------------------------
     def _warn_once(self, key: str, message: str) -> None:

@@ -34,7 +34,7 @@ from . import rng
 from ._leaf import bio_annotation
 from .config import BioConfig, Distribution
 from .layers import LayerKind
-from .mechanisms import crystallize, dale, fuzzy, rejuvenate, scaling, volume
+from .mechanisms import crystallize, dale, fuzzy, rejuvenate, scaling, update, volume
 
 log = logging.getLogger("biofx")
 
@@ -49,6 +49,16 @@ _REGISTRATIONS = [0]
 
 
 def _register(synapses: "BioSynapses") -> None:
+    """Add a live state; an older live state of the same Parameter (an earlier transform of the
+    same model) is superseded: the optimizer-step hooks stop driving it."""
+    for other in list(_LIVE):
+        if other is not synapses and other.weight is synapses.weight and not other.superseded:
+            other.superseded = True
+            log.warning(
+                "biofx: %r was already driven by an earlier transform of the same model; "
+                "the newer transform takes it over and the earlier one stops acting at the step",
+                synapses.layer_name,
+            )
     _LIVE.add(synapses)
     _REGISTRATIONS[0] += 1
 
@@ -68,6 +78,8 @@ class BioSynapses(nn.Module):
 
     #: driven by the model-level methods and the optimizer-step hooks
     managed = True
+    #: set when a newer transform of the same model took this layer's weight over
+    superseded = False
 
     def __init__(
         self,
@@ -106,6 +118,9 @@ class BioSynapses(nn.Module):
             self.register_buffer(RANK_LOCAL_BUFFERS[2], torch.zeros((), device=device))
         self._updates = 0
         self._step = 0
+        self._before_step: Optional[torch.Tensor] = None  # the weight before the step (acts_on="update")
+        #: other modules' names for this weight when non-bio modules read it too (tied weights)
+        self.shared_with: tuple = ()
         if self.managed:
             _register(self)
 
@@ -218,6 +233,48 @@ class BioSynapses(nn.Module):
             self.config.synaptic_scaling_target,
         )
         grad.add_(term.to(grad.dtype))
+
+    # -- the optimizer step (automatic path, driven by biofx.hooks) --------------------------
+    @torch.no_grad()
+    def before_step(self) -> None:
+        """Step-level work before the optimizer's update, in the authors' order.
+
+        After backward: (for a tied weight with ``acts_on="gradient"``, fuzzy and volume on its
+        whole g), synaptic scaling (on g), rejuvenation (every ``rejuvenate_every``-th
+        step), then crystallization on g and the rejuvenated w, and the step. With
+        ``acts_on="update"`` the weight is kept so :meth:`after_step` can rescale the update;
+        crystallization then waits until the update has used this step's multipliers.
+        """
+        has_grad = self.weight.grad is not None
+        if has_grad and self.shared_with and self.config.acts_on == "gradient":
+            if self.automatic("fuzzy"):
+                self.apply_fuzzy()
+            if self.automatic("volume"):
+                self.apply_volume()
+        if has_grad and self.automatic("scaling"):
+            self.scale_grad()
+        every = self.config.rejuvenate_every
+        if every and (self._step + 1) % every == 0:
+            self.rejuvenate()
+        if not has_grad:
+            return
+        if self.config.scales_update:
+            self._before_step = self.weight.detach().clone()
+        elif self.automatic("crystallize"):
+            self.crystallize()
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Rescale the update just taken (``acts_on="update"``), then crystallize on it."""
+        before, self._before_step = self._before_step, None
+        if before is None:
+            return
+        cfg = self.config
+        volume_args = (cfg.base_lr, cfg.stability_factor, cfg.lr_variability) if self.automatic("volume") else None
+        crystal_args = (cfg.crystal_thresh, cfg.dampening_factor) if self.automatic("crystallize") else None
+        update.scale_step_(
+            self.weight, before, self.fuzzy_lr, self.rng_key, self.step, self.automatic("fuzzy"), volume_args, crystal_args
+        )
 
     # -- state mechanisms --------------------------------------------------------------------
     def update_fuzzy(self) -> None:

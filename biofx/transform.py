@@ -126,8 +126,12 @@ def build(gm: fx.GraphModule, layers: list, plain: list, name: str, prefix: str 
     results = run_passes(gm, layers)
     bio = BioGraphModule(gm, gm.graph, f"Bio{name}")
     bio.keep_children(dict(gm.named_children()))
+    initialized = set()
     for layer in layers:
         state = bio.biofx_state[layer.state_key]
+        if layer.state_key in initialized:  # a tied layer: the state belongs to the first one
+            continue
+        initialized.add(layer.state_key)
         state.layer_name = f"{prefix}.{layer.name}" if prefix and layer.name else prefix or layer.name
         if layer.config.apply_dales_principle:
             state.dale_initialize()

@@ -101,7 +101,7 @@ def test_summary_of_a_zoo_model(capsys):
 def test_graph_of_a_zoo_model(tmp_path, capsys):
     out = tmp_path / "cnn.svg"
     argv = ["graph", "cnn", "-o", str(out), "--cluster", "--title", "CNN", "--apply-dales-principle"]
-    assert cli.main(argv + ["--automatic", "fuzzy,volume", "--seed", "0"]) == 0
+    assert cli.main(argv + ["--automatic", "fuzzy,volume", "--acts-on", "gradient", "--seed", "0"]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {out} (")
     texts = {t.text for t in ET.parse(out).iter(SVG_TEXT)}
     assert {"CNN", "conv2d", "dale_weight", "fuzzy_grad", "volume_grad", "[2, 32, 32, 32]"} <= texts

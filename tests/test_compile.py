@@ -12,6 +12,7 @@ from biofx import Distribution
 
 EVERYTHING = dict(
     automatic=("fuzzy", "volume", "crystallize", "scaling"),
+    acts_on="gradient",  # the multiplicative mechanisms as graph nodes, inside the compiled region
     weight_splitting_Gamma=2,
     apply_dales_principle=True,
     synaptic_scaling_gamma=0.01,

@@ -97,6 +97,7 @@ BAD_VALUES = [
     ("synaptic_scaling_target", -1.0, ValueError),
     ("activity_momentum", 1.0, ValueError),
     ("rejuvenate_every", -1, ValueError),
+    ("acts_on", "weights", ValueError),
     ("rejuvenation_rule", "exponential", ValueError),
     ("seed", -3, ValueError),
     ("seed", "42", TypeError),
@@ -150,6 +151,7 @@ NON_DEFAULT = dict(
     synaptic_scaling_target=0.2,
     activity_momentum=0.5,
     rejuvenate_every=10,
+    acts_on="gradient",
     rejuvenation_rule="lognormal",
     seed=1234,
 )

@@ -14,7 +14,7 @@ import biofx
 
 from conftest import MLP
 
-FULL = dict(automatic=("fuzzy", "volume", "crystallize", "scaling"), apply_dales_principle=True,
+FULL = dict(automatic=("fuzzy", "volume", "crystallize", "scaling"), acts_on="gradient", apply_dales_principle=True,
             weight_splitting_Gamma=2, synaptic_scaling_gamma=0.05, seed=0)
 
 
@@ -105,11 +105,27 @@ def test_cast_model_fuzzy_gradient_is_computed_in_float32():
     model(x).float().square().sum().backward()
     plain = {n: p.grad for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    bio = biofx.transform(model, seed=0, fuzzy_learning_rate_factor_nu=0.4)
+    bio = biofx.transform(model, seed=0, fuzzy_learning_rate_factor_nu=0.4, acts_on="gradient")
     bio(x).float().square().sum().backward()
     for layer in bio.bio_layers():
         g = plain[f"{layer.layer_name}.weight"]
         assert torch.equal(layer.weight.grad, (g.float() * layer.fuzzy_lr).to(torch.bfloat16))
+
+
+def test_bf16_update_mode_rescales_in_float32():
+    """acts_on="update" with bf16 weights: w ← (w₀ + f·(w₁ − w₀) in float32).to(bf16)."""
+    model = MLP().to(torch.bfloat16)
+    bio = biofx.transform(model, seed=0, fuzzy_learning_rate_factor_nu=0.4)
+    optimizer = torch.optim.SGD(bio.parameters(), lr=0.5)
+    before = {layer.layer_name: layer.weight.detach().clone() for layer in bio.bio_layers()}
+    bio(torch.randn(8, 6, dtype=torch.bfloat16)).float().square().sum().backward()
+    stepped = {name: (w.float() - 0.5 * bio.get_parameter(f"{name}.weight").grad.float()).to(torch.bfloat16)
+               for name, w in before.items()}
+    optimizer.step()
+    for layer in bio.bio_layers():
+        w0, w1 = before[layer.layer_name].float(), stepped[layer.layer_name].float()
+        assert layer.weight.dtype == torch.bfloat16 and layer.fuzzy_lr.dtype == torch.float32
+        assert torch.equal(layer.weight, (w0 + layer.fuzzy_lr * (w1 - w0)).to(torch.bfloat16))
 
 
 @pytest.mark.cuda

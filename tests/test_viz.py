@@ -24,6 +24,7 @@ CONFIG = dict(
     weight_splitting_Gamma=2,
     apply_dales_principle=True,
     automatic=("fuzzy", "volume"),
+    acts_on="gradient",
     synaptic_scaling_gamma=0.01,
     seed=0,
 )

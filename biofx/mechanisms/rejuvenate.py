@@ -41,7 +41,7 @@ def rejuvenated(
         max_w = magnitude.amax()
         threshold = rng.normal(w.shape, key, counter, rng.REJUVENATE_THRESHOLD).abs() * (max_w / dre)
         replace = (threshold > magnitude) | ~finite
-        new = (2.0 * u - 1.0) * max_w
+        new = (u * max_w - max_w / 2.0) * 2.0  # U(−max|W|, max|W|), rounded as the authors' code does
         kept = w.float()
     else:
         kept = torch.where(finite, w.float(), 0.0).clamp(-1.0, 1.0)

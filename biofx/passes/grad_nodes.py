@@ -1,5 +1,9 @@
 """Pass: gradient nodes for the automatic multiplicative mechanisms.
 
+Only for layers with ``acts_on="gradient"`` (with ``"update"``, the default, fuzzy and volume
+scale the optimizer's update at the step instead: :mod:`biofx.mechanisms.update`), and not
+for a weight that a non-bio module also reads (a tied embedding): a node here would scale
+only the bio layer's share of its gradient, so the step hook scales the whole ``.grad``.
 For a layer with ``"fuzzy"`` in ``config.automatic``, ``w`` → ``fuzzy_grad(w, fuzzy_lr)``;
 with ``"volume"``, → ``volume_grad(w, rng_key, step, base_lr, stability_factor,
 lr_variability)``. Both are identities in the forward pass; in the backward pass they scale
@@ -13,7 +17,7 @@ import torch.fx as fx
 
 from .. import ops
 from . import tags
-from .attach_state import state_attr
+from .attach_state import STATE_ROOT, state_attr
 from .dale import chain_weight
 
 NAME = "grad_nodes"
@@ -21,7 +25,9 @@ NAME = "grad_nodes"
 
 def grad_nodes_pass(gm: fx.GraphModule, layers: list) -> list:
     inserted = []
-    for layer in layers:
+    for layer in (l for l in layers if l.config.acts_on == "gradient"):
+        if getattr(gm, STATE_ROOT)[layer.state_key].shared_with:
+            continue  # a tied weight: scaled on its whole .grad at the step (BioSynapses.before_step)
         cfg = layer.config
         for site in layer.sites:
             if "fuzzy" in cfg.automatic:

@@ -32,8 +32,10 @@ def test_dampens_only_masked_multipliers():
 
 def test_automatic_runs_once_per_optimizer_step_on_whole_gradient():
     base = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 3))
-    auto = biofx.transform(copy.deepcopy(base), automatic=("fuzzy", "crystallize"), crystal_thresh=5e-2, seed=4)
-    manual = biofx.transform(copy.deepcopy(base), automatic=("fuzzy",), crystal_thresh=5e-2, seed=4)
+    auto = biofx.transform(
+        copy.deepcopy(base), automatic=("fuzzy", "crystallize"), acts_on="gradient", crystal_thresh=5e-2, seed=4
+    )
+    manual = biofx.transform(copy.deepcopy(base), automatic=("fuzzy",), acts_on="gradient", crystal_thresh=5e-2, seed=4)
     opt_a = torch.optim.SGD(auto.parameters(), lr=0.05)
     opt_m = torch.optim.SGD(manual.parameters(), lr=0.05)
     for _ in range(3):

@@ -31,7 +31,9 @@ def grads_after_backward(model, x):
 @pytest.mark.parametrize("dist", list(Distribution))
 def test_gradient_is_plain_gradient_times_multiplier(dist):
     plain = big_mlp()
-    bio = biofx.transform(copy.deepcopy(plain), fuzzy_lr_distribution=dist, fuzzy_learning_rate_factor_nu=NU, seed=3)
+    bio = biofx.transform(
+        copy.deepcopy(plain), fuzzy_lr_distribution=dist, fuzzy_learning_rate_factor_nu=NU, acts_on="gradient", seed=3
+    )
     x = torch.randn(16, 200)
     g_plain = dict(zip([n for n, _ in plain.named_parameters()], grads_after_backward(plain, x)))
     bio(x).square().sum().backward()
@@ -152,3 +154,60 @@ def test_activity_not_counted_in_eval_mode():
     bio.eval()
     bio(torch.randn(4, 200))
     assert bio.bio_layers()[0].activity_active.sum() == 0
+
+
+def _one_step(model, optimizer_type, x, **kwargs):
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = optimizer_type(model.parameters(), **kwargs)
+    optimizer.zero_grad()
+    model(x).square().mean().backward()
+    optimizer.step()
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("optimizer_type, kwargs", [
+    (torch.optim.Adam, dict(lr=1e-2)),
+    (torch.optim.RMSprop, dict(lr=1e-2)),
+    (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    (torch.optim.SGD, dict(lr=0.1, momentum=0.9)),
+])
+def test_update_mode_gives_every_weight_its_fuzzy_rate_under_any_optimizer(optimizer_type, kwargs):
+    """``acts_on="update"`` (the default): Δw = f·Δw_plain, the configured per-weight rate."""
+    plain = big_mlp()
+    bio = biofx.transform(copy.deepcopy(plain), fuzzy_learning_rate_factor_nu=0.5, seed=2)
+    x = torch.randn(16, 200)
+    step_plain, step_bio = _one_step(plain, optimizer_type, x, **kwargs), _one_step(bio, optimizer_type, x, **kwargs)
+    for layer in bio.bio_layers():
+        name = f"{layer.layer_name}.weight"
+        torch.testing.assert_close(step_bio[name], layer.fuzzy_lr * step_plain[name], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(step_bio[name.replace("weight", "bias")], step_plain[name.replace("weight", "bias")])
+
+
+def test_gradient_mode_is_cancelled_by_adam():
+    """Why update mode exists: under Adam a fixed factor on g changes (almost) nothing."""
+    plain = big_mlp()
+    bio = biofx.transform(copy.deepcopy(plain), fuzzy_learning_rate_factor_nu=0.5, acts_on="gradient", seed=2)
+    x = torch.randn(16, 200)
+    step_plain, step_bio = _one_step(plain, torch.optim.Adam, x, lr=1e-2), _one_step(bio, torch.optim.Adam, x, lr=1e-2)
+    layer = bio.bio_layers()[0]
+    name = f"{layer.layer_name}.weight"
+    assert (layer.fuzzy_lr - 1).abs().mean() > 0.2  # f really differs from 1 ...
+    moved = step_plain[name].abs() > 5e-3  # Adam's first step is ±lr wherever |g| >> eps
+    assert moved.float().mean() > 0.95
+    ratio = step_bio[name][moved] / step_plain[name][moved]
+    # ... yet the step is plain's (but where |g| is near Adam's eps)
+    assert ((ratio - 1).abs() < 1e-3).float().mean() > 0.98
+
+
+def test_update_mode_equals_gradient_mode_under_plain_sgd():
+    plain = big_mlp()
+    models = [biofx.transform(copy.deepcopy(plain), acts_on=mode, seed=2) for mode in ("update", "gradient")]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.05) for m in models]
+    for _ in range(5):
+        x = torch.randn(16, 200)
+        for model, optimizer in zip(models, optimizers):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

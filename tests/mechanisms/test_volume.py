@@ -38,7 +38,7 @@ def _models():
 def test_explicit_and_automatic_give_plain_grad_times_factor():
     plain, twin = _models()
     explicit = biofx.transform(twin, automatic=(), seed=1)
-    auto = biofx.transform(copy.deepcopy(plain), automatic=("volume",), seed=1)
+    auto = biofx.transform(copy.deepcopy(plain), automatic=("volume",), acts_on="gradient", seed=1)
     x = torch.randn(5, 8)
     plain(x).sum().backward()
     explicit(x).sum().backward()
@@ -64,7 +64,7 @@ def test_step_counter_advances_with_optimizer():
 
 
 def test_uses_counter_based_noise_not_global_rng():
-    bio = biofx.transform(nn.Linear(4, 4), automatic=("volume",), seed=2)
+    bio = biofx.transform(nn.Linear(4, 4), automatic=("volume",), acts_on="gradient", seed=2)
     x = torch.randn(2, 4)
     bio(x).sum().backward()
     g1 = bio.weight.grad.clone()

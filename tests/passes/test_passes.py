@@ -14,7 +14,7 @@ from biofx.passes import PASSES, tags
 
 def full_config():
     return dict(weight_splitting_Gamma=2, apply_dales_principle=True, automatic=("fuzzy", "volume"),
-                synaptic_scaling_gamma=0.01)
+                acts_on="gradient", synaptic_scaling_gamma=0.01)
 
 
 def test_weight_chain_order_and_tags():

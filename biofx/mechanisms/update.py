@@ -1,0 +1,80 @@
+"""Per-weight learning rates on the optimizer's update (``BioConfig.acts_on = "update"``).
+
+The paper scales the gradient, ``g ← g·f``. Under plain SGD that is a per-weight learning
+rate, but an adaptive optimizer (Adam, RMSprop, Adagrad) divides each weight's step by its
+own gradient scale, which cancels any fixed factor on g: fuzzy learning rates then change
+nothing. Scaling the update instead, at the optimizer step,
+
+    w ← w₀ + f·v·(w₁ − w₀)        (w₀ before the step, w₁ after it)
+
+gives every weight the learning rate ``f·v·lr`` whatever the optimizer (f the fuzzy
+multiplier, v the volume-dependent factor of w₀, each 1 when not automatic). For SGD
+without momentum it equals gradient scaling up to rounding; it is exact under gradient
+accumulation and DDP, since it runs after both, on the same numbers on every rank.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..kernels import fused
+from . import crystallize, volume
+
+
+@fused
+def scaled_step(
+    before: torch.Tensor,
+    after: torch.Tensor,
+    grad: torch.Tensor,
+    multipliers: torch.Tensor,
+    key: torch.Tensor,
+    step: torch.Tensor,
+    fuzzy: bool,
+    volume_args: Optional[tuple],
+    crystal_args: Optional[tuple],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over a layer's flat weight: the rescaled weight and the multipliers after it.
+
+    ``w₀ + f·v·(w₁ − w₀)`` (float32, returned in ``after``'s dtype); with ``crystal_args =
+    (crystal_thresh, dampening_factor)`` the multipliers are then crystallized on the
+    effective gradient ``g·f·v`` and w₀, as in gradient mode, where ``.grad`` holds ``g·f·v``.
+    """
+    w0 = before.float()
+    factor = multipliers if fuzzy else torch.ones_like(w0)
+    if volume_args is not None:
+        factor = factor * volume.factor(before, key, step, *volume_args)
+    weight = (w0 + factor * (after.float() - w0)).to(after.dtype)
+    if crystal_args is None:
+        return weight, multipliers
+    settled = crystallize.mask(before, grad.float() * factor, crystal_args[0])
+    return weight, multipliers * torch.where(settled, crystal_args[1], 1.0)
+
+
+def scale_step_(
+    weight: torch.Tensor,
+    before: torch.Tensor,
+    multipliers: torch.Tensor,
+    key: torch.Tensor,
+    step: torch.Tensor,
+    fuzzy: bool,
+    volume_args: Optional[tuple],
+    crystal_args: Optional[tuple],
+) -> None:
+    """Rescale the step the optimizer just took on ``weight`` (from ``before``) and crystallize, in place."""
+    w = weight.detach()
+    new_weight, new_multipliers = scaled_step(
+        before.reshape(-1),
+        w.reshape(-1),
+        weight.grad.reshape(-1) if crystal_args is not None else w.reshape(-1),  # grad unused without crystallization
+        multipliers.reshape(-1),
+        key,
+        step,
+        fuzzy,
+        volume_args,
+        crystal_args,
+    )
+    w.copy_(new_weight.view(w.shape))
+    if crystal_args is not None:
+        multipliers.copy_(new_multipliers.view(multipliers.shape))
