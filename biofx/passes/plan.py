@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..config import BioConfig, ConfigMap
 from ..layers import LayerKind, kind_of
+from ..tracing import LEAF_REASONS
 
 
 @dataclasses.dataclass
@@ -119,7 +120,8 @@ def _explain_plain(gm, model, layers, plain) -> list[tuple[str, str]]:
             continue
         owner = next((leaf for leaf in traced_leaves if name.startswith(leaf + ".")), None)
         if owner is not None:
-            out.append((name, f"inside leaf module {owner!r} ({type(gm.get_submodule(owner)).__name__}), not traced"))
+            why = gm.meta.get(LEAF_REASONS, {}).get(owner, "not traced")
+            out.append((name, f"inside leaf module {owner!r} ({type(gm.get_submodule(owner)).__name__}), {why}"))
         else:
             out.append((name, "not called in the traced forward pass"))
     return out
