@@ -199,8 +199,8 @@ class BioGraphModule(BioMethods, fx.GraphModule):
         def init(copy, source, graph):
             fx.GraphModule.__init__(copy, source, graph, type(self).__name__)
             copy.keep_children(source._modules)
-            if "bio_report" in source.__dict__:
-                copy.bio_report = source.bio_report
+            for name, value in source.__dict__.items():  # bio_report, the layer's attributes, ...
+                copy.__dict__.setdefault(name, value)
 
         return init
 

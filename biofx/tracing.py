@@ -38,7 +38,7 @@ import torch.nn.modules.transformer as nn_transformer
 from .layers import kind_of
 from .state import BioSynapses
 
-__all__ = ["BioTracer", "trace", "TraceError", "autograd_function", "mode_value", "LEAF_REASONS"]
+__all__ = ["BioTracer", "trace", "TraceError", "autograd_function", "mode_value", "keep_attributes", "LEAF_REASONS"]
 
 #: ``gm.meta`` key: ``{module path: reason}`` for modules kept whole for a reason the report should give.
 LEAF_REASONS = "biofx_leaf_reasons"
@@ -186,8 +186,9 @@ def trace(
         differs = _mode_diff(graphs[True][1], graphs[False][1])
         if isinstance(differs, list):
             break
-        module_path, node = differs
-        if not module_path:
+        candidates, node = differs
+        module_path = next((path for path in candidates if path not in leaf_reasons), None)
+        if module_path is None:
             raise TraceError(
                 f"torch.fx could not trace module {path or '<root>'!r} ({type(model).__name__}) as one graph for "
                 f"both train and eval mode: its own forward takes a different path in each (at {_describe(node)}). "
@@ -227,7 +228,7 @@ def _trace_once(model, leaf_modules, leaf_reasons, concrete_args, path, training
 
 
 def _mode_diff(train: fx.Graph, eval_: fx.Graph):
-    """Literal differences ``[(train node, eval node)]``, or ``(module path, node)`` of a structural one."""
+    """Literal differences ``[(train node, eval node)]``, or ``(module paths, node)`` where the graphs part."""
     literal = []
     train_nodes, eval_nodes = list(train.nodes), list(eval_.nodes)
     index = {node: i for i, node in enumerate(train_nodes)} | {node: i for i, node in enumerate(eval_nodes)}
@@ -235,13 +236,13 @@ def _mode_diff(train: fx.Graph, eval_: fx.Graph):
     for a, b in zip(train_nodes, eval_nodes):
         args, kwargs = _same(a.args, b.args, index), _same(a.kwargs, b.kwargs, index)
         if a.op != b.op or a.target != b.target or args is None or kwargs is None:
-            return _diverging_module(previous, a, b), a
+            return _diverging_modules(previous, a, b), a
         if args or kwargs:
             literal.append((a, b))
         previous = a
     if len(train_nodes) != len(eval_nodes):
         a, b = (train_nodes + [None])[len(eval_nodes)], (eval_nodes + [None])[len(train_nodes)]
-        return _diverging_module(previous, a, b), a or b
+        return _diverging_modules(previous, a, b), a or b
     return literal
 
 
@@ -251,12 +252,17 @@ def _describe(node: fx.Node) -> str:
 
 
 def _stack(node: Optional[fx.Node]) -> list:
-    return [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()] if node is not None else []
+    """Paths of the modules whose code recorded ``node`` (a module call: without the module itself)."""
+    if node is None:
+        return []
+    stack = [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+    return stack[:-1] if node.op == "call_module" and stack and stack[-1] == node.target else stack
 
 
-def _diverging_module(previous: Optional[fx.Node], a: Optional[fx.Node], b: Optional[fx.Node]) -> str:
-    """The module whose code the two traces leave at different points: the deepest module that
-    the last common node shares with either trace's next node."""
+def _diverging_modules(previous: Optional[fx.Node], a: Optional[fx.Node], b: Optional[fx.Node]) -> list:
+    """Modules that may hold the branch where the traces part, most likely first: the deepest
+    module either trace is in at the first differing node, then the deepest one that the last
+    common node shares with either trace."""
 
     def common(x: list, y: list) -> list:
         n = 0
@@ -264,11 +270,9 @@ def _diverging_module(previous: Optional[fx.Node], a: Optional[fx.Node], b: Opti
             n += 1
         return x[:n]
 
-    if previous is None:
-        shared = common(_stack(a), _stack(b))
-    else:
-        shared = max(common(_stack(previous), _stack(a)), common(_stack(previous), _stack(b)), key=len)
-    return shared[-1] if shared else ""
+    deepest = max(_stack(a), _stack(b), key=len)
+    shared = max(common(_stack(previous), _stack(a)), common(_stack(previous), _stack(b)), key=len)
+    return [stack[-1] for stack in (deepest, shared) if stack]
 
 
 def _same(a, b, index) -> Optional[bool]:
@@ -327,8 +331,17 @@ def _read_modes(graph: fx.Graph, differs: list) -> None:
         train_node.kwargs = choose(train_node.kwargs, eval_node.kwargs)
 
 
+def keep_attributes(source: nn.Module, target: nn.Module) -> None:
+    """Give ``target`` every instance attribute of ``source`` it lacks (``stride``, ``config``, ...):
+    code around a converted module reads them."""
+    for name, value in vars(source).items():
+        target.__dict__.setdefault(name, value)
+
+
 def _keep_state(gm: fx.GraphModule, model: nn.Module) -> None:
-    """Give ``gm`` the model's submodules and root parameters/buffers (fx copies only what the graph reads)."""
+    """Give ``gm`` the model's submodules, root parameters/buffers (fx copies only what the graph
+    reads) and other attributes."""
+    keep_attributes(model, gm)
     for name, child in model._modules.items():
         if child is not None:
             gm._modules[name] = child

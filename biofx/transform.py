@@ -23,7 +23,7 @@ from .model import BioGraphModule, BioMethods
 from .passes import BioLayer, plan_layers, run_passes
 from .passes import tags
 from .passes.plan import plan_splitting
-from .tracing import trace
+from .tracing import keep_attributes, trace
 
 log = logging.getLogger("biofx")
 
@@ -126,6 +126,7 @@ def build(gm: fx.GraphModule, layers: list, plain: list, name: str, prefix: str 
     results = run_passes(gm, layers)
     bio = BioGraphModule(gm, gm.graph, f"Bio{name}")
     bio.keep_children(dict(gm.named_children()))
+    keep_attributes(gm, bio)
     for layer in layers:
         state = bio.biofx_state[layer.state_key]
         state.layer_name = f"{prefix}.{layer.name}" if prefix and layer.name else prefix or layer.name
@@ -168,6 +169,7 @@ def _single_layer(model: nn.Module, config_map: ConfigMap):
     call = kind.emit(graph, x, weight, bias, model)
     graph.output(call)
     gm = fx.GraphModule(model, graph, type(model).__name__)
+    keep_attributes(model, gm)
     if config is None:
         return gm, [], [("<root>", f"left plain by ConfigMap ({rule})")]
     for node in graph.nodes:
