@@ -70,8 +70,6 @@ class BioTracer(fx.Tracer):
     """
 
     def __init__(self, leaf_modules: Iterable[type] = (), leaf_paths: Iterable[str] = (), **kwargs: Any) -> None:
-        # the transformer module's helpers inspect their tensor arguments: record them as calls
-        kwargs.setdefault("autowrap_functions", (nn_transformer._get_seq_len, nn_transformer._detect_is_causal_mask))
         super().__init__(**kwargs)
         self.extra_leaves = tuple(leaf_modules)
         self.leaf_paths = frozenset(leaf_paths)
@@ -147,6 +145,15 @@ def _record_if_traced(original, target=None, prefix=()):
     return wrapper
 
 
+#: torch.nn helpers that inspect their tensor arguments (dtype, is_nested): one node each when traced.
+_RECORDED = (
+    (F, "_canonical_mask"),
+    (F, "_none_or_dtype"),
+    (nn_transformer, "_get_seq_len"),
+    (nn_transformer, "_detect_is_causal_mask"),
+)
+
+
 @contextlib.contextmanager
 def _tracing_patches():
     """While tracing: autograd Functions and torch.nn's mask helpers become single nodes; MHA fast path off."""
@@ -156,18 +163,18 @@ def _tracing_patches():
         bound = apply.__get__(None, cls)
         return _record_if_traced(bound, autograd_function, (_function_key(cls),))(*args, **kwargs)
 
-    patched = {name: getattr(F, name) for name in ("_canonical_mask", "_none_or_dtype")}
+    originals = [(module, name, getattr(module, name)) for module, name in _RECORDED]
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.autograd.Function.apply = classmethod(traced_apply)
-    for name, fn in patched.items():
-        setattr(F, name, _record_if_traced(fn))
+    for module, name, fn in originals:
+        setattr(module, name, _record_if_traced(fn))
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         yield
     finally:
         torch.autograd.Function.apply = apply
-        for name, fn in patched.items():
-            setattr(F, name, fn)
+        for module, name, fn in originals:
+            setattr(module, name, fn)
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
