@@ -56,8 +56,8 @@ from .config import ConfigMap, Distribution
 from .layers import kind_of
 from .model import BioGraphModule, BioMethods
 from .passes import plan_layers
-from .passes.plan import convertible_modules, plan_splitting
-from .tracing import TraceError, trace
+from .passes.plan import convertible_modules, plan_splitting, scripted_layers
+from .tracing import BioTracer, TraceError, leaf_reason, trace
 from .transform import TransformReport, _single_layer, build
 
 log = logging.getLogger("biofx")
@@ -204,6 +204,8 @@ def _search(module, path, leaves, found: dict, inside: set, parts: list, eager: 
         elif type(child).forward is nn.Module.forward:  # a container (ModuleList, ModuleDict)
             _search(child, child_path, leaves, found, inside, parts, eager)
             continue
+        elif BioTracer(leaves).is_leaf_module(child, ""):  # kept whole, as in a whole-model trace
+            continue
         else:
             try:
                 part = _Part([child_path], child, trace(child, leaves, None, child_path))
@@ -301,6 +303,7 @@ def _merge(model, parts, converted, eager, leaves) -> FallbackReport:
         for name, count in report.passes:
             passes[name] = passes.get(name, 0) + count
     known = {r.name for r in layers} | {name for name, _ in plain}
+    plain += [(name, why) for name, why in scripted_layers(model) if name not in known]
     for name, module in convertible_modules(model):
         if name not in known:
             plain.append((name, _why_not(model, name, leaves)))
@@ -314,9 +317,10 @@ def _merge(model, parts, converted, eager, leaves) -> FallbackReport:
 
 
 def _why_not(model: nn.Module, name: str, leaves: tuple) -> str:
+    tracer = BioTracer(leaves)
     for owner, module in model.named_modules():
-        if leaves and isinstance(module, leaves) and name.startswith(owner + "."):
-            return f"inside leaf module {owner!r} ({type(module).__name__}), kept eager"
+        if owner and name.startswith(owner + ".") and tracer.is_leaf_module(module, ""):
+            return f"inside leaf module {owner!r} ({type(module).__name__}), kept eager; {leaf_reason(module)}"
     return "not converted: no traced call of it was found"
 
 

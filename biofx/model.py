@@ -133,6 +133,19 @@ class BioMethods:
         terms = [layer.l1() for layer in self.bio_layers()]
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
+    def reset_bio_state(self) -> None:
+        """Draw every layer's bio state afresh from its current weights, as ``transform`` does.
+
+        For a model transformed on the meta device::
+
+            bio = biofx.transform(meta_model)
+            bio.to_empty(device="cuda")
+            ...  # initialize or load the weights
+            bio.reset_bio_state()
+        """
+        for layer in self.bio_layers():
+            layer.reset_bio_state()
+
     @torch.no_grad()
     def advance_step(self) -> None:
         """Advance the step counters by hand (only for updates made without ``torch.optim``)."""

@@ -38,7 +38,7 @@ import torch.nn.modules.transformer as nn_transformer
 from .layers import kind_of
 from .state import BioSynapses
 
-__all__ = ["BioTracer", "trace", "TraceError", "autograd_function", "mode_value", "keep_attributes", "LEAF_REASONS"]
+__all__ = ["BioTracer", "trace", "TraceError", "autograd_function", "mode_value", "keep_attributes", "leaf_reason", "LEAF_REASONS"]
 
 #: ``gm.meta`` key: ``{module path: reason}`` for modules kept whole for a reason the report should give.
 LEAF_REASONS = "biofx_leaf_reasons"
@@ -57,6 +57,15 @@ TRACED_TORCH_MODULES = (
 
 _MAX_RETRACES = 32
 _FLAG = "biofx_training"  # the root's TrainingFlag submodule
+
+
+def leaf_reason(module: nn.Module) -> str:
+    """Why a module is kept whole (a leaf), for the report of the layers inside it."""
+    if isinstance(module, nn.MultiheadAttention):
+        return "kept whole: nn.MultiheadAttention reads out_proj.weight directly (F.multi_head_attention_forward)"
+    if isinstance(module, torch.jit.ScriptModule):
+        return "kept whole: TorchScript cannot be rewritten; transform the Python module before torch.jit.script"
+    return "not traced"
 
 
 class TraceError(RuntimeError):

@@ -22,7 +22,7 @@ from .layers import kind_of
 from .model import BioGraphModule, BioMethods
 from .passes import BioLayer, plan_layers, run_passes
 from .passes import tags
-from .passes.plan import plan_splitting
+from .passes.plan import check_initialized, check_weight_flow, plan_splitting
 from .tracing import keep_attributes, trace
 
 log = logging.getLogger("biofx")
@@ -98,6 +98,12 @@ def transform(
     seed = config_map.default.seed
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            f"biofx.transform got a TorchScript module ({getattr(model, 'original_name', type(model).__name__)}); "
+            "compiled TorchScript cannot be rewritten. Transform the Python model (before torch.jit.script) "
+            "and use torch.compile on the result."
+        )
     if kind_of(model) is not None:
         gm, layers, plain = _single_layer(model, config_map)
     else:
@@ -124,6 +130,7 @@ def build(gm: fx.GraphModule, layers: list, plain: list, name: str, prefix: str 
     by full path).
     """
     results = run_passes(gm, layers)
+    check_weight_flow(gm, layers)
     bio = BioGraphModule(gm, gm.graph, f"Bio{name}")
     bio.keep_children(dict(gm.named_children()))
     keep_attributes(gm, bio)
@@ -160,6 +167,7 @@ def _config_map(config, overrides) -> ConfigMap:
 def _single_layer(model: nn.Module, config_map: ConfigMap):
     """A model that is itself one layer: build its functional graph directly."""
     kind = kind_of(model)
+    check_initialized("", model)
     config, rule = config_map.select("", model)
     config_map.check_all_used([""])
     graph = fx.Graph()
@@ -170,8 +178,8 @@ def _single_layer(model: nn.Module, config_map: ConfigMap):
     graph.output(call)
     gm = fx.GraphModule(model, graph, type(model).__name__)
     keep_attributes(model, gm)
-    if config is None:
-        return gm, [], [("<root>", f"left plain by ConfigMap ({rule})")]
+    if config is None or kind.unsupported(model) is not None:
+        return gm, [], [("<root>", kind.unsupported(model) or f"left plain by ConfigMap ({rule})")]
     for node in graph.nodes:
         if node.op in ("get_attr", "call_function"):
             tags.tag(node, tags.LAYER, "", "inline_layers", kind=kind.name)
