@@ -15,8 +15,9 @@ What a plain ``torch.fx`` trace gets wrong, and how :func:`trace` avoids it:
 * **Custom autograd.** A ``torch.autograd.Function`` called on traced values is one
   ``call_function`` node (:func:`autograd_function`), so its ``backward`` is kept; fx would
   otherwise record its forward ops and differentiate those.
-* **State.** The GraphModule keeps the model's own submodules and root parameters/buffers
-  (fx copies only what the graph reads), so ``state_dict()`` has every key of the original.
+* **State.** The GraphModule keeps the model's own submodules, root parameters/buffers and
+  attributes (fx copies only what the graph reads), so ``state_dict()`` has every key of the
+  original.
 * **torch.nn transformers.** ``nn.Transformer``, its encoder/decoder and their layers are
   traced into (their fast path off while tracing), so their Linear layers are converted.
   ``nn.MultiheadAttention`` stays a leaf: it reads ``out_proj.weight`` directly.
@@ -36,9 +37,10 @@ import torch.nn.functional as F
 import torch.nn.modules.transformer as nn_transformer
 
 from .layers import kind_of
+from .model import keep_state
 from .state import BioSynapses
 
-__all__ = ["BioTracer", "trace", "TraceError", "autograd_function", "mode_value", "keep_attributes", "leaf_reason", "LEAF_REASONS"]
+__all__ = ["BioTracer", "trace", "TraceError", "autograd_function", "mode_value", "leaf_reason", "LEAF_REASONS"]
 
 #: ``gm.meta`` key: ``{module path: reason}`` for modules kept whole for a reason the report should give.
 LEAF_REASONS = "biofx_leaf_reasons"
@@ -217,7 +219,7 @@ def trace(
         raise AssertionError("mode-dependent leaves did not converge")
     tracer, graph = graphs[True]  # the pairs in `differs` are (train node, eval node)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    _keep_state(gm, model)
+    keep_state(model, gm)
     if differs:
         if any(not _innermost(node) for node, _ in differs):
             gm.add_module(_FLAG, TrainingFlag())
@@ -345,28 +347,6 @@ def _read_modes(graph: fx.Graph, differs: list) -> None:
 
         train_node.args = choose(train_node.args, eval_node.args)
         train_node.kwargs = choose(train_node.kwargs, eval_node.kwargs)
-
-
-def keep_attributes(source: nn.Module, target: nn.Module) -> None:
-    """Give ``target`` every instance attribute of ``source`` it lacks (``stride``, ``config``, ...):
-    code around a converted module reads them."""
-    for name, value in vars(source).items():
-        target.__dict__.setdefault(name, value)
-
-
-def _keep_state(gm: fx.GraphModule, model: nn.Module) -> None:
-    """Give ``gm`` the model's submodules, root parameters/buffers (fx copies only what the graph
-    reads) and other attributes."""
-    keep_attributes(model, gm)
-    for name, child in model._modules.items():
-        if child is not None:
-            gm._modules[name] = child
-    for name, param in model._parameters.items():
-        if param is not None:
-            gm.register_parameter(name, param)
-    for name, buffer in model._buffers.items():
-        if buffer is not None:
-            gm.register_buffer(name, buffer, persistent=name not in model._non_persistent_buffers_set)
 
 
 def _explain(model: nn.Module, path: str, err: Exception) -> str:

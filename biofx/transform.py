@@ -19,11 +19,11 @@ import torch.nn as nn
 from . import hooks
 from .config import BioConfig, ConfigMap
 from .layers import kind_of
-from .model import BioGraphModule, BioMethods
+from .model import BioGraphModule, BioMethods, keep_state
 from .passes import BioLayer, plan_layers, run_passes
 from .passes import tags
 from .passes.plan import check_initialized, check_weight_flow, plan_splitting
-from .tracing import keep_attributes, trace
+from .tracing import trace
 
 log = logging.getLogger("biofx")
 
@@ -132,8 +132,7 @@ def build(gm: fx.GraphModule, layers: list, plain: list, name: str, prefix: str 
     results = run_passes(gm, layers)
     check_weight_flow(gm, layers)
     bio = BioGraphModule(gm, gm.graph, f"Bio{name}")
-    bio.keep_children(dict(gm.named_children()))
-    keep_attributes(gm, bio)
+    bio.keep_state(gm)
     for layer in layers:
         state = bio.biofx_state[layer.state_key]
         state.layer_name = f"{prefix}.{layer.name}" if prefix and layer.name else prefix or layer.name
@@ -177,7 +176,7 @@ def _single_layer(model: nn.Module, config_map: ConfigMap):
     call = kind.emit(graph, x, weight, bias, model)
     graph.output(call)
     gm = fx.GraphModule(model, graph, type(model).__name__)
-    keep_attributes(model, gm)
+    keep_state(model, gm)
     if config is None or kind.unsupported(model) is not None:
         return gm, [], [("<root>", kind.unsupported(model) or f"left plain by ConfigMap ({rule})")]
     for node in graph.nodes:
