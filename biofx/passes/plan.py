@@ -96,7 +96,7 @@ def _bypasses(gm: fx.GraphModule) -> dict:
     """
     out = {}
     for node in gm.graph.nodes:
-        if node.op == "get_attr" and node.target.endswith(".weight"):
+        if node.op == "get_attr" and node.target.endswith(".weight") and _uses_value(node):
             name = node.target[: -len(".weight")]
             out[name] = f"its weight is also read directly (graph node {node.name!r}), bypassing the bio nodes"
         elif node.op == "call_module":
@@ -109,12 +109,26 @@ def _bypasses(gm: fx.GraphModule) -> dict:
     return out
 
 
+_METADATA = frozenset({"dtype", "shape", "device", "ndim", "layout", "is_cuda", "is_meta", "requires_grad", "size", "dim"})
+
+
+def _uses_value(node: fx.Node) -> bool:
+    """Whether some user of ``node`` reads its values (not only ``.dtype``, ``.shape``, ...)."""
+    for user in node.users:
+        if user.op == "call_function" and user.target is getattr and user.args[1] in _METADATA:
+            continue
+        if user.op == "call_method" and user.target in _METADATA:
+            continue
+        return True
+    return False
+
+
 def check_weight_flow(gm: fx.GraphModule, layers: list) -> None:
     """Internal invariant after the passes: each converted layer's weight reaches its calls
     through the bio chain only, and nothing else in the graph reads it."""
     for layer in layers:
         target = f"{layer.name}.weight" if layer.name else "weight"
-        readers = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target == target]
+        readers = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target == target and _uses_value(n)]
         assert readers and all(tags.get_tag(n) is not None for n in readers), (layer.name, readers)
         for site in layer.sites:
             node = layer.weight_nodes[site]
