@@ -56,7 +56,7 @@ from .config import ConfigMap, Distribution
 from .layers import kind_of
 from .model import BioGraphModule, BioMethods
 from .passes import plan_layers
-from .passes.plan import convertible_modules, plan_splitting, scripted_layers
+from .passes.plan import convertible_modules, log_plain, plan_splitting, scripted_layers
 from .tracing import BioTracer, TraceError, leaf_reason, trace
 from .transform import TransformReport, _single_layer, build
 
@@ -179,8 +179,7 @@ def transform_parts(
     converted = {id(part.module): _build(part) for part in parts}
     root = _assemble(model, parts, converted)
     root.bio_report = _merge(model, parts, converted, eager, leaves)
-    for name, reason in root.bio_report.plain:
-        log.info("biofx left %s plain: %s", name, reason)
+    log_plain(root.bio_report.plain)
     for path, reason in eager:
         log.info("biofx runs %s eagerly: %s", path, reason)
     hooks.install()

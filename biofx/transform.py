@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from typing import Any, Iterable, Optional, Union
 
@@ -22,10 +21,8 @@ from .layers import kind_of
 from .model import BioGraphModule, BioMethods, keep_state
 from .passes import BioLayer, plan_layers, run_passes
 from .passes import tags
-from .passes.plan import check_initialized, check_weight_flow, plan_splitting
+from .passes.plan import check_initialized, check_weight_flow, log_plain, plan_splitting
 from .tracing import trace
-
-log = logging.getLogger("biofx")
 
 __all__ = ["transform", "TransformReport", "LayerReport"]
 
@@ -117,8 +114,7 @@ def transform(
     for layer in layers:
         layer.seed = layer.config.seed if layer.config.seed is not None else seed
     bio = build(gm, layers, plain, type(model).__name__)
-    for name, reason in plain:
-        log.info("biofx left %s plain: %s", name, reason)
+    log_plain(plain)
     hooks.install()
     return bio
 

@@ -10,6 +10,7 @@ kind that is *not* converted, with the reason.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 import torch.fx as fx
@@ -20,6 +21,8 @@ from ..config import BioConfig, ConfigMap
 from ..layers import LAYER_KINDS, LayerKind, kind_of
 from ..tracing import LEAF_REASONS, leaf_reason
 from . import tags
+
+log = logging.getLogger("biofx")
 
 
 @dataclasses.dataclass
@@ -177,6 +180,19 @@ def convertible_modules(model: nn.Module):
     for name, module in model.named_modules():
         if kind_of(module) is not None:
             yield name, module
+
+
+def log_plain(plain: list) -> None:
+    """Log the layers left plain: a warning for those the user's ConfigMap did not choose."""
+    unchosen = [(name, reason) for name, reason in plain if not reason.startswith("left plain by ConfigMap")]
+    for name, reason in plain:
+        log.info("biofx left %s plain: %s", name, reason)
+    if unchosen:
+        log.warning(
+            "biofx could not convert %d Linear/Conv layer(s); they train as plain layers (bio_report.plain): %s",
+            len(unchosen),
+            "; ".join(f"{name}: {reason}" for name, reason in unchosen),
+        )
 
 
 def scripted_layers(model: nn.Module):
