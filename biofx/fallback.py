@@ -9,8 +9,10 @@ Face's ``*args/**kwargs`` decorators). :func:`biofx.transform` then calls
   ``Conv1D``) is converted on its own, exactly as ``transform(layer)`` would; a container
   without ``forward`` (``nn.ModuleList``) is searched; any other submodule is traced: if it
   traces it becomes one *part*, else it runs eagerly and its children are searched.
-  Modules of a ``leaf_modules`` type are kept whole and eager, as in a whole-model trace
-  (their layers are reported plain).
+  Modules the tracer keeps whole (a ``leaf_modules`` type, ``nn.MultiheadAttention`` and
+  other torch.nn modules, TorchScript modules) are kept whole and eager, as in a whole-model
+  trace, and their layers are reported plain with the reason: converting ``out_proj`` on its
+  own would not help, since ``nn.MultiheadAttention`` reads its weight directly.
 * **Parts.** Each part is rewritten by the same plan and passes as a whole model and becomes
   a :class:`~biofx.BioGraphModule` at its place. Layer indices (RNG keys, LAYER_ADAPTIVE's
   l and L) count over the whole model, so no two layers share a key.

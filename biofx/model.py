@@ -245,5 +245,6 @@ def keep_state(source: torch.nn.Module, target: torch.nn.Module) -> None:
         if buffer is not None:
             target.register_buffer(name, buffer, persistent=name not in source._non_persistent_buffers_set)
     for name, value in vars(source).items():  # stride, config, bio_report, ...: code around the module reads them
-        target.__dict__.setdefault(name, value)
+        if not hasattr(type(target), name):  # not a forward or compiled call of the source
+            target.__dict__.setdefault(name, value)
 

@@ -57,7 +57,6 @@ TRACED_TORCH_MODULES = (
     nn.TransformerDecoderLayer,
 )
 
-_MAX_RETRACES = 32
 _FLAG = "biofx_training"  # the root's TrainingFlag submodule
 
 
@@ -106,7 +105,11 @@ _FUNCTIONS: dict[str, type] = {}
 
 
 def _function_key(function: type) -> str:
-    key = f"{function.__module__}.{function.__qualname__}"
+    """The Function's import path (``#n`` added when another class of that name is registered)."""
+    base = f"{function.__module__}.{function.__qualname__}"
+    key, n = base, 1
+    while _FUNCTIONS.get(key, function) is not function:
+        key, n = f"{base}#{n}", n + 1
     _FUNCTIONS[key] = function
     return key
 
@@ -118,7 +121,7 @@ def autograd_function(key: str, *args: Any, **kwargs: Any) -> Any:
     """
     function = _FUNCTIONS.get(key)
     if function is None:  # an unpickled model in a fresh process: import the class by its path
-        module, _, name = key.rpartition(".")
+        module, _, name = key.partition("#")[0].rpartition(".")
         function = importlib.import_module(module)
         for part in name.split("."):
             function = getattr(function, part)
@@ -199,13 +202,15 @@ def trace(
     between train and eval mode.
     """
     leaf_reasons: dict[str, str] = {}
-    for _ in range(_MAX_RETRACES):
-        graphs = {mode: _trace_once(model, leaf_modules, leaf_reasons, concrete_args, path, mode) for mode in (True, False)}
+    for _ in range(len(list(model.modules())) + 1):  # each round makes one more module a leaf
+        graphs = {
+            mode: _trace_once(model, leaf_modules, leaf_reasons, concrete_args, path, mode) for mode in (True, False)
+        }
         differs = _mode_diff(graphs[True][1], graphs[False][1])
         if isinstance(differs, list):
             break
         candidates, node = differs
-        module_path = next((path for path in candidates if path not in leaf_reasons), None)
+        module_path = next((c for c in candidates if c not in leaf_reasons), None)
         if module_path is None:
             raise TraceError(
                 f"torch.fx could not trace module {path or '<root>'!r} ({type(model).__name__}) as one graph for "

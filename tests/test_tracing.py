@@ -261,3 +261,14 @@ def test_layer_whose_weight_is_also_read_directly_is_plain():
     report = biofx.transform(Tied()).bio_report
     assert [layer.name for layer in report.converted] == ["out"]
     assert report.plain[0][0] == "fc" and "read directly" in report.plain[0][1]
+
+
+def test_original_attributes_kept_but_not_its_forward():
+    model = Quantized()
+    model.note = "kept"
+    model.compile()  # an instance-level compiled call of the original must not be copied
+    model.forward = lambda x: x  # an instance-level forward (as accelerate's hooks set)
+    bio = biofx.transform(model, **NEUTRAL)
+    assert bio.note == "kept" and bio._compiled_call_impl is None and "forward" not in vars(bio)
+    x = torch.randn(3, 4)
+    assert torch.equal(bio(x), Quantized.forward(model, x))
