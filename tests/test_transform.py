@@ -282,3 +282,22 @@ def test_meta_device_model_materialized_with_reset_bio_state(options):
         assert torch.equal(value, other), name
     x = torch.randn(2, 4)
     assert torch.equal(bio(x), expected(x))
+
+
+def test_weight_flow_check_catches_a_direct_read_after_the_passes():
+    from biofx.passes import plan_layers, run_passes
+    from biofx.passes.plan import check_weight_flow
+    from biofx.tracing import trace
+
+    model = MLP()
+    gm = trace(model)
+    layers, _ = plan_layers(gm, ConfigMap(default=BioConfig(seed=0)), model)
+    run_passes(gm, layers)
+    check_weight_flow(gm, layers)  # the passes keep every weight on its bio chain
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    with gm.graph.inserting_before(output):
+        stray = gm.graph.get_attr("fc1.weight")  # an untagged read of a converted weight
+        total = gm.graph.call_function(torch.add, (output.args[0], gm.graph.call_method("sum", (stray,))))
+    output.args = (total,)
+    with pytest.raises(AssertionError, match="fc1"):
+        check_weight_flow(gm, layers)
