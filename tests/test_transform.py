@@ -248,6 +248,31 @@ def test_torchscript_root_and_submodule():
     x = torch.randn(2, 3)
     assert torch.equal(bio(x), model(x))
 
+    class Untraceable(Partly):
+        def forward(self, x):
+            h = self.scripted(x)
+            return self.head(h * 0 if h.sum() > 1e9 else h)  # data-dependent: converted in parts
+
+    report = biofx.transform(Untraceable(), automatic=()).bio_report
+    assert [layer.name for layer in report.converted] == ["head"]
+    assert report.plain[0][0] == "scripted.0" and "TorchScript" in report.plain[0][1]
+
+
+def test_conv_transpose_called_with_output_size_stays_plain():
+    class Upsample(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.up(x, output_size=[10, 10])
+
+    model = Upsample()
+    bio = biofx.transform(model)
+    assert bio.bio_report.plain == (("up", "called with arguments other than one input tensor"),)
+    x = torch.randn(1, 3, 5, 5)
+    assert torch.equal(bio(x), model(x)) and bio(x).shape[-2:] == (10, 10)
+
 
 def test_converted_single_layer_keeps_the_modules_attributes():
     layer = nn.Conv1d(3, 4, 3, stride=2, padding=1)
