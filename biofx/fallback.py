@@ -59,6 +59,7 @@ from .layers import kind_of
 from .model import BioGraphModule, BioMethods
 from .passes import plan_layers
 from .passes.plan import convertible_modules, log_plain, plan_splitting, scripted_layers
+from .passes.plan import join_path as _join
 from .tracing import BioTracer, TraceError, leaf_reason, trace
 from .transform import TransformReport, _single_layer, build
 
@@ -234,7 +235,7 @@ def _plan(part: _Part, config_map: ConfigMap) -> None:
     if part.gm is None:
         part.gm, part.layers, part.plain = _single_layer(part.module, scoped)
     else:
-        part.layers, part.plain = plan_layers(part.gm, scoped, part.module)
+        part.layers, part.plain = plan_layers(part.gm, scoped, part.module, part.path)
     for layer in part.layers:
         layer.config = config_map.select(_join(part.path, layer.name), layer.module)[0]
 
@@ -323,7 +324,3 @@ def _why_not(model: nn.Module, name: str, leaves: tuple) -> str:
         if owner and name.startswith(owner + ".") and tracer.is_leaf_module(module, ""):
             return f"inside leaf module {owner!r} ({type(module).__name__}), kept eager; {leaf_reason(module)}"
     return "not converted: no traced call of it was found"
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix and name else prefix or name

@@ -48,15 +48,16 @@ def skip_split_marked(module: nn.Module) -> bool:
 
 
 def plan_layers(
-    gm: fx.GraphModule, config_map: ConfigMap, model: nn.Module
+    gm: fx.GraphModule, config_map: ConfigMap, model: nn.Module, prefix: str = ""
 ) -> tuple[list[BioLayer], list[tuple[str, str]]]:
     """Return the bio layers in execution order and ``(name, reason)`` for layers left plain.
 
-    ``model`` is the traced model, for the layers the graph does not reach.
+    ``model`` is the traced model, for the layers the graph does not reach; ``prefix`` its
+    path in a larger model (for the module paths in the reasons).
     """
     layers: dict[str, BioLayer] = {}
     plain: dict[str, str] = {}
-    bypasses = _bypasses(gm)
+    bypasses = _bypasses(gm, prefix)
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
@@ -88,10 +89,10 @@ def plan_layers(
         layer.index = index
     config_map.check_all_used([n for n, _ in convertible_modules(model)])
     plan_splitting(ordered)
-    return ordered, _explain_plain(gm, model, layers, plain)
+    return ordered, _explain_plain(gm, model, layers, plain, prefix)
 
 
-def _bypasses(gm: fx.GraphModule) -> dict:
+def _bypasses(gm: fx.GraphModule, prefix: str) -> dict:
     """Layers whose weight the graph also uses outside their call: ``{name: reason}``.
 
     A ``get_attr`` of ``<layer>.weight`` (code reading ``self.fc.weight``) or a leaf module
@@ -106,13 +107,17 @@ def _bypasses(gm: fx.GraphModule) -> dict:
             for name, module in gm.get_submodule(node.target).named_modules():
                 if name and kind_of(module) is not None:
                     out[f"{node.target}.{name}"] = (
-                        f"also used inside leaf module {node.target!r} ({type(gm.get_submodule(node.target)).__name__}), "
+                        f"also used inside leaf module {join_path(prefix, node.target)!r} "
+                        f"({type(gm.get_submodule(node.target)).__name__}), "
                         "which the bio nodes do not see"
                     )
     return out
 
 
-_METADATA = frozenset({"dtype", "shape", "device", "ndim", "layout", "is_cuda", "is_meta", "requires_grad", "size", "dim"})
+#: tensor attributes and methods that read metadata, not values
+_METADATA = frozenset(
+    {"dtype", "shape", "device", "ndim", "layout", "is_cuda", "is_meta", "requires_grad", "size", "dim"}
+)
 
 
 def _uses_value(node: fx.Node) -> bool:
@@ -195,7 +200,7 @@ def log_plain(plain: list) -> None:
         )
 
 
-def scripted_layers(model: nn.Module):
+def scripted_layers(model: nn.Module, prefix: str = ""):
     """``(name, reason)`` for the layers of a registered kind inside TorchScript submodules."""
     kinds = {kind.module_type.__name__ for kind in LAYER_KINDS.values()}
     for name, module in model.named_modules():
@@ -206,14 +211,14 @@ def scripted_layers(model: nn.Module):
                 name,
             )
             yield name, (
-                f"inside TorchScript module {owner!r}: compiled code cannot be rewritten; transform the Python "
-                "module before torch.jit.script"
+                f"inside TorchScript module {join_path(prefix, owner)!r}: compiled code cannot be rewritten; "
+                "transform the Python module before torch.jit.script"
             )
 
 
-def _explain_plain(gm, model, layers, plain) -> list[tuple[str, str]]:
+def _explain_plain(gm, model, layers, plain, prefix) -> list[tuple[str, str]]:
     """Every module of a registered kind that was not converted, with the reason."""
-    out = list(scripted_layers(model))
+    out = list(scripted_layers(model, prefix))
     traced_leaves = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     for name, module in convertible_modules(model):
         if name in layers:
@@ -224,7 +229,13 @@ def _explain_plain(gm, model, layers, plain) -> list[tuple[str, str]]:
         owner = next((leaf for leaf in traced_leaves if name.startswith(leaf + ".")), None)
         if owner is not None:
             why = gm.meta.get(LEAF_REASONS, {}).get(owner) or leaf_reason(gm.get_submodule(owner))
-            out.append((name, f"inside leaf module {owner!r} ({type(gm.get_submodule(owner)).__name__}), {why}"))
+            module = gm.get_submodule(owner)
+            out.append((name, f"inside leaf module {join_path(prefix, owner)!r} ({type(module).__name__}), {why}"))
         else:
             out.append((name, "not called in the traced forward pass"))
     return out
+
+
+def join_path(prefix: str, name: str) -> str:
+    """``prefix.name``, or whichever of the two is not empty."""
+    return f"{prefix}.{name}" if prefix and name else prefix or name
