@@ -9,8 +9,10 @@ Face's ``*args/**kwargs`` decorators). :func:`biofx.transform` then calls
   ``Conv1D``) is converted on its own, exactly as ``transform(layer)`` would; a container
   without ``forward`` (``nn.ModuleList``) is searched; any other submodule is traced: if it
   traces it becomes one *part*, else it runs eagerly and its children are searched.
-  Modules of a ``leaf_modules`` type are kept whole and eager, as in a whole-model trace
-  (their layers are reported plain).
+  Modules the tracer keeps whole (a ``leaf_modules`` type, ``nn.MultiheadAttention`` and
+  other torch.nn modules, TorchScript modules) are kept whole and eager, as in a whole-model
+  trace, and their layers are reported plain with the reason: converting ``out_proj`` on its
+  own would not help, since ``nn.MultiheadAttention`` reads its weight directly.
 * **Parts.** Each part is rewritten by the same plan and passes as a whole model and becomes
   a :class:`~biofx.BioGraphModule` at its place. Layer indices (RNG keys, LAYER_ADAPTIVE's
   l and L) count over the whole model, so no two layers share a key.
@@ -56,8 +58,9 @@ from .config import ConfigMap, Distribution
 from .layers import kind_of
 from .model import BioGraphModule, BioMethods
 from .passes import plan_layers
-from .passes.plan import convertible_modules, plan_splitting
-from .tracing import TraceError, trace
+from .passes.plan import convertible_modules, log_plain, plan_splitting, scripted_layers
+from .passes.plan import join_path as _join
+from .tracing import BioTracer, TraceError, leaf_reason, trace
 from .transform import TransformReport, _single_layer, build
 
 log = logging.getLogger("biofx")
@@ -179,8 +182,7 @@ def transform_parts(
     converted = {id(part.module): _build(part) for part in parts}
     root = _assemble(model, parts, converted)
     root.bio_report = _merge(model, parts, converted, eager, leaves)
-    for name, reason in root.bio_report.plain:
-        log.info("biofx left %s plain: %s", name, reason)
+    log_plain(root.bio_report.plain)
     for path, reason in eager:
         log.info("biofx runs %s eagerly: %s", path, reason)
     hooks.install()
@@ -203,6 +205,8 @@ def _search(module, path, leaves, found: dict, inside: set, parts: list, eager: 
             part = _Part([child_path], child, None)
         elif type(child).forward is nn.Module.forward:  # a container (ModuleList, ModuleDict)
             _search(child, child_path, leaves, found, inside, parts, eager)
+            continue
+        elif BioTracer(leaves).is_leaf_module(child, ""):  # kept whole, as in a whole-model trace
             continue
         else:
             try:
@@ -231,7 +235,7 @@ def _plan(part: _Part, config_map: ConfigMap) -> None:
     if part.gm is None:
         part.gm, part.layers, part.plain = _single_layer(part.module, scoped)
     else:
-        part.layers, part.plain = plan_layers(part.gm, scoped, part.module)
+        part.layers, part.plain = plan_layers(part.gm, scoped, part.module, part.path)
     for layer in part.layers:
         layer.config = config_map.select(_join(part.path, layer.name), layer.module)[0]
 
@@ -301,6 +305,7 @@ def _merge(model, parts, converted, eager, leaves) -> FallbackReport:
         for name, count in report.passes:
             passes[name] = passes.get(name, 0) + count
     known = {r.name for r in layers} | {name for name, _ in plain}
+    plain += [(name, why) for name, why in scripted_layers(model) if name not in known]
     for name, module in convertible_modules(model):
         if name not in known:
             plain.append((name, _why_not(model, name, leaves)))
@@ -314,11 +319,8 @@ def _merge(model, parts, converted, eager, leaves) -> FallbackReport:
 
 
 def _why_not(model: nn.Module, name: str, leaves: tuple) -> str:
+    tracer = BioTracer(leaves)
     for owner, module in model.named_modules():
-        if leaves and isinstance(module, leaves) and name.startswith(owner + "."):
-            return f"inside leaf module {owner!r} ({type(module).__name__}), kept eager"
+        if owner and name.startswith(owner + ".") and tracer.is_leaf_module(module, ""):
+            return f"inside leaf module {owner!r} ({type(module).__name__}), kept eager; {leaf_reason(module)}"
     return "not converted: no traced call of it was found"
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix and name else prefix or name

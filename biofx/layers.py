@@ -32,6 +32,7 @@ class LayerKind:
         in_axis: weight axis of the input (presynaptic) units.
         channel_dim: axis of the output units in the layer's output tensor.
         emit: ``emit(graph, x, weight, bias, module) -> node`` inserts the functional call.
+        limits: ``limits(module) -> reason or None``: why this layer cannot be converted.
     """
 
     name: str
@@ -40,9 +41,14 @@ class LayerKind:
     in_axis: int
     channel_dim: int
     emit: Callable[[fx.Graph, fx.Node, fx.Node, Optional[fx.Node], nn.Module], fx.Node]
+    limits: Optional[Callable[[nn.Module], Optional[str]]] = None
 
     def out_features(self, module: nn.Module) -> int:
         return module.weight.shape[self.out_axis]
+
+    def unsupported(self, module: nn.Module) -> Optional[str]:
+        """Why ``module`` is left plain, or ``None`` when it can be converted."""
+        return self.limits(module) if self.limits is not None else None
 
 
 LAYER_KINDS: dict[type, LayerKind] = {}
@@ -88,6 +94,36 @@ register_layer_kind(LayerKind("Linear", nn.Linear, out_axis=0, in_axis=1, channe
 for _dims, _cls, _fn in ((1, nn.Conv1d, F.conv1d), (2, nn.Conv2d, F.conv2d), (3, nn.Conv3d, F.conv3d)):
     register_layer_kind(
         LayerKind(f"Conv{_dims}d", _cls, out_axis=0, in_axis=1, channel_dim=1, emit=_conv_emitter(_fn))
+    )
+
+
+def _conv_transpose_emitter(conv_fn: Callable) -> Callable:
+    def emit(graph, x, weight, bias, module):
+        args = (x, weight, bias, module.stride, module.padding, module.output_padding, module.groups, module.dilation)
+        return graph.call_function(conv_fn, args)
+
+    return emit
+
+
+def _grouped_transpose(module: nn.Module) -> Optional[str]:
+    # weight [in, out/groups, k...]: output unit o of group g sits at axis 1 index o - g*out/groups,
+    # so the per-output-unit state (activity, scaling, ACTIVITY rows) would need a group map
+    if module.groups > 1:
+        return f"grouped transposed convolution (groups={module.groups}) is not supported; it stays plain"
+    return None
+
+
+for _dims, _cls, _fn in (
+    (1, nn.ConvTranspose1d, F.conv_transpose1d),
+    (2, nn.ConvTranspose2d, F.conv_transpose2d),
+    (3, nn.ConvTranspose3d, F.conv_transpose3d),
+):
+    # weight [in, out/groups, k...]: presynaptic units on axis 0, postsynaptic on axis 1
+    register_layer_kind(
+        LayerKind(
+            f"ConvTranspose{_dims}d", _cls, out_axis=1, in_axis=0, channel_dim=1,
+            emit=_conv_transpose_emitter(_fn), limits=_grouped_transpose,
+        )
     )
 
 

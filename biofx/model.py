@@ -16,7 +16,7 @@ import torch.fx as fx
 
 from .state import RANK_LOCAL_BUFFERS, BioSynapses
 
-__all__ = ["BioMethods", "BioGraphModule"]
+__all__ = ["BioMethods", "BioGraphModule", "keep_state"]
 
 STATE_PREFIX = "biofx_state."
 
@@ -140,6 +140,19 @@ class BioMethods:
         terms = [layer.l1() for layer in self.bio_layers()]
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
+    def reset_bio_state(self) -> None:
+        """Draw every layer's bio state afresh from its current weights, as ``transform`` does.
+
+        For a model transformed on the meta device::
+
+            bio = biofx.transform(meta_model)
+            bio.to_empty(device="cuda")
+            ...  # initialize or load the weights
+            bio.reset_bio_state()
+        """
+        for layer in self.bio_layers():
+            layer.reset_bio_state()
+
     @torch.no_grad()
     def advance_step(self) -> None:
         """Advance the step counters by hand (only for updates made without ``torch.optim``)."""
@@ -191,23 +204,21 @@ class BioGraphModule(BioMethods, fx.GraphModule):
     ``bio_report`` (a :class:`~biofx.transform.TransformReport`) tells what was converted.
     """
 
-    def keep_children(self, children: dict) -> None:
-        """Install ``children`` (name → module) as they are.
+    def keep_state(self, source: torch.nn.Module) -> None:
+        """Keep ``source``'s submodules, root parameters, buffers and attributes as they are.
 
         The GraphModule constructor (also used by unpickling and deepcopy) rebuilds only what
-        the graph reads; a layer whose weight the graph reads through ``get_attr`` would come
-        back as an empty ``nn.Module``. This keeps the original layer objects (``bio.fc1`` stays
-        an ``nn.Linear``) and the bio state modules.
+        the graph reads: a layer whose weight the graph reads through ``get_attr`` would come
+        back as an empty ``nn.Module``, and unread buffers (``num_batches_tracked``) would be
+        dropped. This keeps the original layer objects (``bio.fc1`` stays an ``nn.Linear``),
+        the bio state modules and every key of the original ``state_dict()``.
         """
-        for name, child in children.items():
-            setattr(self, name, child)
+        keep_state(source, self)
 
     def _deepcopy_init(self):
         def init(copy, source, graph):
             fx.GraphModule.__init__(copy, source, graph, type(self).__name__)
-            copy.keep_children(source._modules)
-            if "bio_report" in source.__dict__:
-                copy.bio_report = source.bio_report
+            copy.keep_state(source)
 
         return init
 
@@ -222,8 +233,25 @@ def _rebuild(body: dict, import_block: str) -> BioGraphModule:
     from torch.fx.graph_module import _deserialize_graph_module, _forward_from_src
 
     forward = _forward_from_src(import_block + body["_code"], {})
-    children = dict(body["_modules"])
+    source = torch.nn.Module.__new__(torch.nn.Module)
+    source.__dict__.update(body)
     gm = _deserialize_graph_module(forward, body, graph_module_cls=BioGraphModule)
-    gm.keep_children(children)
+    gm.keep_state(source)
     return gm
+
+
+def keep_state(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Give ``target`` the submodules, root parameters/buffers and other attributes of ``source``."""
+    for name, child in source._modules.items():
+        if child is not None:
+            target._modules[name] = child
+    for name, param in source._parameters.items():
+        if param is not None:
+            target.register_parameter(name, param)
+    for name, buffer in source._buffers.items():
+        if buffer is not None:
+            target.register_buffer(name, buffer, persistent=name not in source._non_persistent_buffers_set)
+    for name, value in vars(source).items():  # stride, config, bio_report, ...: code around the module reads them
+        if not hasattr(type(target), name):  # not a forward or compiled call of the source
+            target.__dict__.setdefault(name, value)
 

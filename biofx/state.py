@@ -97,6 +97,7 @@ class BioSynapses(nn.Module):
         self.config = config
         self.index = index
         self._layer = [layer]  # a list, so the layer is not registered twice as a submodule
+        self._drawn_from = (total, seed)  # for reset_bio_state
         key = rng.layer_key(seed, index)
         weight = layer.weight
         device = weight.device
@@ -167,6 +168,21 @@ class BioSynapses(nn.Module):
         if grad is None:
             raise RuntimeError("No gradients found for the weights")
         return grad
+
+    @torch.no_grad()
+    def reset_bio_state(self) -> None:
+        """Draw the bio state afresh, as the transform did, from the layer's current weight.
+
+        For a model transformed on the meta device: after ``to_empty(device=...)`` and the
+        weights' initialization (or loading), this fills the state; with Dale's principle it also
+        re-applies the Dale initialization to the weight, as the transform does.
+        """
+        fresh = BioSynapses(self.layer_name, self.layer, self.kind, self.config, self.index, *self._drawn_from)
+        for name, buffer in fresh.named_buffers():
+            self._buffers[name].copy_(buffer)
+        self._sync_counters()
+        if self.config.apply_dales_principle:
+            self.dale_initialize()
 
     # -- forward: activity probe -----------------------------------------------------------
     def forward(self, output: torch.Tensor) -> torch.Tensor:

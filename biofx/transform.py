@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from typing import Any, Iterable, Optional, Union
 
@@ -19,13 +18,11 @@ import torch.nn as nn
 from . import hooks
 from .config import BioConfig, ConfigMap
 from .layers import kind_of
-from .model import BioGraphModule, BioMethods
+from .model import BioGraphModule, BioMethods, keep_state
 from .passes import BioLayer, plan_layers, run_passes
 from .passes import tags
-from .passes.plan import plan_splitting
+from .passes.plan import check_initialized, check_weight_flow, log_plain, plan_splitting
 from .tracing import trace
-
-log = logging.getLogger("biofx")
 
 __all__ = ["transform", "TransformReport", "LayerReport"]
 
@@ -98,6 +95,12 @@ def transform(
     seed = config_map.default.seed
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            f"biofx.transform got a TorchScript module ({getattr(model, 'original_name', type(model).__name__)}); "
+            "compiled TorchScript cannot be rewritten. Transform the Python model (before torch.jit.script) "
+            "and use torch.compile on the result."
+        )
     if kind_of(model) is not None:
         gm, layers, plain = _single_layer(model, config_map)
     else:
@@ -111,8 +114,7 @@ def transform(
     for layer in layers:
         layer.seed = layer.config.seed if layer.config.seed is not None else seed
     bio = build(gm, layers, plain, type(model).__name__)
-    for name, reason in plain:
-        log.info("biofx left %s plain: %s", name, reason)
+    log_plain(plain)
     hooks.install()
     return bio
 
@@ -124,8 +126,9 @@ def build(gm: fx.GraphModule, layers: list, plain: list, name: str, prefix: str 
     by full path).
     """
     results = run_passes(gm, layers)
+    check_weight_flow(gm, layers)
     bio = BioGraphModule(gm, gm.graph, f"Bio{name}")
-    bio.keep_children(dict(gm.named_children()))
+    bio.keep_state(gm)
     initialized = set()
     for layer in layers:
         state = bio.biofx_state[layer.state_key]
@@ -163,6 +166,7 @@ def _config_map(config, overrides) -> ConfigMap:
 def _single_layer(model: nn.Module, config_map: ConfigMap):
     """A model that is itself one layer: build its functional graph directly."""
     kind = kind_of(model)
+    check_initialized("", model)
     config, rule = config_map.select("", model)
     config_map.check_all_used([""])
     graph = fx.Graph()
@@ -172,8 +176,9 @@ def _single_layer(model: nn.Module, config_map: ConfigMap):
     call = kind.emit(graph, x, weight, bias, model)
     graph.output(call)
     gm = fx.GraphModule(model, graph, type(model).__name__)
-    if config is None:
-        return gm, [], [("<root>", f"left plain by ConfigMap ({rule})")]
+    keep_state(model, gm)
+    if config is None or kind.unsupported(model) is not None:
+        return gm, [], [("<root>", kind.unsupported(model) or f"left plain by ConfigMap ({rule})")]
     for node in graph.nodes:
         if node.op in ("get_attr", "call_function"):
             tags.tag(node, tags.LAYER, "", "inline_layers", kind=kind.name)

@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import biofx
 from biofx import BioConfig, ConfigMap
@@ -382,3 +383,212 @@ def test_hf_model_deepcopy_and_pickle_keep_working(tmp_path):
         assert type(other) is type(bio) and len(other.bio_layers()) == 9
         assert torch.equal(other(input_ids=ids).logits, bio(input_ids=ids).logits)
         assert other.lm_head.weight is other.transformer.wte.weight  # tied weights stay tied
+
+
+# -- the model matrix ----------------------------------------------------------------------
+# Each entry: a small real model (random weights, no download), its inputs, and the layers the
+# report must leave plain (name suffix -> reason fragment); every other Linear/Conv is converted.
+V = 64
+
+
+def _ids(batch=2, length=7, seed=0):
+    return torch.randint(1, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _randn(*shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+
+
+def _hf(cls, config_cls, inputs, **config):
+    def make():
+        cfg = config_cls(**config)
+        cfg._attn_implementation = "eager"
+        return cls(cfg), inputs()
+
+    return make
+
+
+_H = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=V)
+_DROP = dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+_SEQ2SEQ = dict(vocab_size=V, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, dropout=0.1, attention_dropout=0.1)
+_DECODER = dict(_H, num_key_value_heads=1, attention_dropout=0.1, max_position_embeddings=32)
+
+
+def _text():
+    return dict(input_ids=_ids())
+
+
+def _image(size=8):
+    return lambda: dict(pixel_values=_randn(2, 3, size, size))
+
+
+class TransformerInside(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.transformer = nn.Transformer(8, 2, 1, 1, 16, dropout=0.1, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, src, tgt):
+        return self.head(self.transformer(self.embed(src), self.embed(tgt)))
+
+
+class AttentionModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x)[0])
+
+
+class LSTMModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 8, num_layers=2, dropout=0.1, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.lstm(x)[0])
+
+
+class TiedLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(V, 8)
+        self.hidden = nn.Linear(8, 8)
+        self.head = nn.Linear(8, V, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(F.dropout(torch.tanh(self.hidden(self.embed(ids))), 0.1, self.training))
+
+
+class FunctionalLinear(nn.Module):
+    """A weight used through F.linear (no Linear module): nothing to convert but the Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 4))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(F.linear(x, self.weight)))
+
+
+_OUT_PROJ = ("out_proj", "reads out_proj.weight directly")
+MATRIX = {
+    "bert": _hf(transformers.BertModel, transformers.BertConfig, _text, **_H, **_DROP, max_position_embeddings=32),
+    "distilbert": _hf(transformers.DistilBertModel, transformers.DistilBertConfig, _text, vocab_size=V, dim=16,
+                      n_layers=2, n_heads=2, hidden_dim=32, dropout=0.1, attention_dropout=0.1,
+                      max_position_embeddings=32),
+    "roberta": _hf(transformers.RobertaModel, transformers.RobertaConfig, _text, **_H, **_DROP,
+                   max_position_embeddings=40, pad_token_id=0),
+    "gpt2": _hf(transformers.GPT2LMHeadModel, transformers.GPT2Config, _text, n_embd=16, n_layer=2, n_head=2,
+                vocab_size=V, n_positions=32, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, bos_token_id=0,
+                eos_token_id=0),
+    "t5": _hf(transformers.T5Model, transformers.T5Config, lambda: dict(input_ids=_ids(), decoder_input_ids=_ids(2, 5)),
+              vocab_size=V, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2, dropout_rate=0.1,
+              decoder_start_token_id=0),
+    "bart": _hf(transformers.BartModel, transformers.BartConfig, _text, **_SEQ2SEQ, max_position_embeddings=32),
+    "vit": _hf(transformers.ViTModel, transformers.ViTConfig, _image(), **_H, **_DROP, image_size=8, patch_size=4),
+    "llama": _hf(transformers.LlamaModel, transformers.LlamaConfig, _text, **_DECODER),
+    "mistral": _hf(transformers.MistralModel, transformers.MistralConfig, _text, **_DECODER),
+    "qwen2": _hf(transformers.Qwen2Model, transformers.Qwen2Config, _text, **_DECODER),
+    "whisper": _hf(transformers.WhisperModel, transformers.WhisperConfig,
+                   lambda: dict(input_features=_randn(2, 8, 16), decoder_input_ids=_ids(2, 5)), **_SEQ2SEQ,
+                   num_mel_bins=8, max_source_positions=8, max_target_positions=16, pad_token_id=0,
+                   decoder_start_token_id=1),
+    "clip": _hf(transformers.CLIPModel, transformers.CLIPConfig,
+                lambda: dict(input_ids=_ids(), pixel_values=_randn(2, 3, 8, 8)), projection_dim=8,
+                text_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+                                 vocab_size=V, max_position_embeddings=16, attention_dropout=0.1,
+                                 bos_token_id=0, eos_token_id=1),
+                vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+                                   image_size=8, patch_size=4, attention_dropout=0.1)),
+    "resnet": _hf(transformers.ResNetModel, transformers.ResNetConfig, _image(16), embedding_size=8,
+                  hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
+    "convnext": _hf(transformers.ConvNextModel, transformers.ConvNextConfig, _image(16), num_stages=2,
+                    hidden_sizes=[8, 16], depths=[1, 1], drop_path_rate=0.1),
+    "wav2vec2": _hf(transformers.Wav2Vec2Model, transformers.Wav2Vec2Config, lambda: dict(input_values=_randn(2, 200)),
+                    **_H, **_DROP, conv_dim=(8, 8), conv_stride=(4, 2), conv_kernel=(8, 4), num_conv_pos_embeddings=4,
+                    num_conv_pos_embedding_groups=2, feat_proj_dropout=0.1, mask_time_prob=0.0),
+    "mobilenetv2": _hf(transformers.MobileNetV2Model, transformers.MobileNetV2Config, _image(32), image_size=32,
+                       depth_multiplier=0.25),
+    "nn.Transformer": lambda: (TransformerInside(), dict(src=_randn(2, 5, 4), tgt=_randn(2, 3, 4))),
+    "nn.MultiheadAttention": lambda: (AttentionModel(), dict(x=_randn(2, 5, 8))),
+    "nn.LSTM": lambda: (LSTMModel(), dict(x=_randn(2, 5, 4))),
+    "tied": lambda: (TiedLM(), dict(ids=_ids())),
+    "F.linear": lambda: (FunctionalLinear(), dict(x=_randn(3, 4))),
+}
+#: layers each model leaves plain: (name suffix, reason fragment)
+PLAIN = {
+    "wav2vec2": [("pos_conv_embed.conv", "parametrization")],
+    "nn.Transformer": [_OUT_PROJ] * 3,
+    "nn.MultiheadAttention": [_OUT_PROJ],
+}
+
+
+def _first(output):
+    if isinstance(output, torch.Tensor):
+        return output
+    return _first(output.to_tuple() if hasattr(output, "to_tuple") else output[0])
+
+
+def _shared(model):
+    """Parameters registered under more than one name (tied weights)."""
+    names = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return {key for key, group in names.items() if len(group) > 1}
+
+
+@pytest.mark.parametrize("name", list(MATRIX))
+def test_model_matrix(name):
+    torch.manual_seed(0)
+    model, inputs = MATRIX[name]()
+    layers = [n for n, m in model.named_modules() if biofx.layers.kind_of(m) is not None]
+    bio = biofx.transform(model, automatic=(), seed=0)
+    report = bio.bio_report
+    # coverage: every layer converted or reported plain with the expected reason
+    plain = PLAIN.get(name, [])
+    assert len(report.converted) == len(layers) - len(plain) and len(report.plain) == len(plain)
+    for (layer, why), (suffix, fragment) in zip(sorted(report.plain), sorted(plain)):
+        assert layer.endswith(suffix) and fragment in why, (layer, why)
+    assert sorted(layer.name for layer in report.converted) == sorted(set(layers) - {n for n, _ in report.plain})
+    # neutral: bit-identical to the original in train mode (same RNG seed) and in eval mode
+    for training in (True, False):
+        outputs = []
+        for m in (model, bio):
+            m.train(training)
+            torch.manual_seed(1)
+            outputs.append(_first(m(**inputs)))
+        assert torch.equal(*outputs), f"{name} {'train' if training else 'eval'}"
+    # no converted layer bypassed: with every fuzzy multiplier 0 no converted weight gets a gradient
+    probe = biofx.transform(model, automatic=("fuzzy",), seed=0).train()
+    for layer in probe.bio_layers():
+        layer.fuzzy_lr.zero_()
+    model.zero_grad(set_to_none=True)
+    _first(probe(**inputs)).float().square().mean().backward()
+    shared = _shared(model)
+    for layer in probe.bio_layers():
+        grad = layer.weight.grad
+        assert id(layer.weight) in shared or grad is None or not grad.any(), f"{layer.layer_name} bypassed"
+    # one train step: finite loss, converted weights change
+    for layer in probe.bio_layers():
+        layer.fuzzy_lr.fill_(1.0)
+    model.zero_grad(set_to_none=True)
+    before = [layer.weight.detach().clone() for layer in probe.bio_layers()]
+    loss = _first(probe(**inputs)).float().square().mean()
+    loss.backward()
+    torch.optim.SGD(probe.parameters(), lr=0.1).step()
+    assert torch.isfinite(loss) and any(not torch.equal(b, l.weight) for b, l in zip(before, probe.bio_layers()))
+    # checkpoints: same keys as the original (plus bio state), strict loads both ways
+    plain_state = bio.plain_state_dict()
+    assert set(plain_state) == set(model.state_dict())
+    assert all(key.split(".")[0] == "biofx_state" or ".biofx_state." in key
+               for key in set(bio.state_dict()) - set(plain_state))
+    model.load_state_dict(plain_state, strict=True)
+    bio.load_state_dict(model.state_dict(), strict=True)

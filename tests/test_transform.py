@@ -185,3 +185,145 @@ def test_whole_model_pickle_and_deepcopy():
         bio(x).sum().backward()
         assert torch.equal(clone.fc1.weight.grad, bio.fc1.weight.grad)
         assert len(clone.bio_layers()) == 2
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_conv_transpose_is_converted(dims):
+    conv, transpose = getattr(nn, f"Conv{dims}d"), getattr(nn, f"ConvTranspose{dims}d")
+    model = nn.Sequential(
+        conv(3, 4, 3, padding=1), nn.ReLU(),
+        transpose(4, 6, 3, stride=2, padding=1, output_padding=1, dilation=1), nn.ReLU(),
+        transpose(6, 4, 3, groups=2), conv(4, 2, 1),
+    )
+    x = torch.randn(2, 3, *[5] * dims)
+    bio = biofx.transform(model, automatic=(), seed=0)
+    assert [layer.name for layer in bio.bio_report.converted] == ["0", "2", "5"]
+    why = "grouped transposed convolution (groups=2) is not supported; it stays plain"
+    assert bio.bio_report.plain == (("4", why),)
+    assert torch.equal(bio(x), model(x))
+    full = biofx.transform(model, apply_dales_principle=True, weight_splitting_Gamma=2, synaptic_scaling_gamma=0.1,
+                           automatic=("fuzzy", "volume", "crystallize", "scaling"), seed=0)
+    full(x).square().mean().backward()
+    full.enforce_dales_principle()
+    rows = model[2].weight.detach().flatten(1)  # [in, out·k]: one sign per input channel
+    assert ((rows >= 0).all(1) | (rows <= 0).all(1)).all()
+    assert model[2].weight.grad is not None and torch.isfinite(model[2].weight.grad).all()
+
+
+def test_lazy_layer_asks_for_one_forward_first():
+    with pytest.raises(ValueError, match=r"layer '0' \(LazyLinear\) has uninitialized parameters.*Run one forward"):
+        biofx.transform(nn.Sequential(nn.LazyLinear(3), nn.ReLU(), nn.Linear(3, 2)))
+    with pytest.raises(ValueError, match="Run one forward pass"):
+        biofx.transform(nn.LazyConv2d(4, 3))
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_zero_size_layer_runs_every_mechanism():
+    model = nn.Sequential(nn.Linear(4, 0), nn.Linear(0, 3))
+    bio = biofx.transform(model, automatic=("fuzzy", "volume", "crystallize"))
+    bio(torch.randn(2, 4)).sum().backward()
+    torch.optim.SGD(bio.parameters(), lr=0.1).step()  # the automatic mechanisms' step hooks
+    assert int(bio.rejuvenate_weights()) == 0 and float(bio.l1_reg().detach()) == 0.0
+
+
+def test_torchscript_root_and_submodule():
+    with pytest.raises(TypeError, match=r"TorchScript module \(Sequential\).*Transform the Python model"):
+        biofx.transform(torch.jit.script(nn.Sequential(nn.Linear(3, 3))))
+
+    class Partly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scripted = torch.jit.script(nn.Sequential(nn.Linear(3, 3), nn.ReLU()))
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.head(self.scripted(x))
+
+    model = Partly()
+    bio = biofx.transform(model, automatic=())
+    assert [layer.name for layer in bio.bio_report.converted] == ["head"]
+    assert bio.bio_report.plain == (
+        ("scripted.0", "inside TorchScript module 'scripted': compiled code cannot be rewritten; "
+                       "transform the Python module before torch.jit.script"),
+    )
+    x = torch.randn(2, 3)
+    assert torch.equal(bio(x), model(x))
+
+    class Untraceable(Partly):
+        def forward(self, x):
+            h = self.scripted(x)
+            return self.head(h * 0 if h.sum() > 1e9 else h)  # data-dependent: converted in parts
+
+    report = biofx.transform(Untraceable(), automatic=()).bio_report
+    assert [layer.name for layer in report.converted] == ["head"]
+    assert report.plain[0][0] == "scripted.0" and "TorchScript" in report.plain[0][1]
+
+
+def test_conv_transpose_called_with_output_size_stays_plain():
+    class Upsample(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.up(x, output_size=[10, 10])
+
+    model = Upsample()
+    bio = biofx.transform(model)
+    assert bio.bio_report.plain == (("up", "called with arguments other than one input tensor"),)
+    x = torch.randn(1, 3, 5, 5)
+    assert torch.equal(bio(x), model(x)) and bio(x).shape[-2:] == (10, 10)
+
+
+def test_converted_single_layer_keeps_the_modules_attributes():
+    layer = nn.Conv1d(3, 4, 3, stride=2, padding=1)
+    bio = biofx.transform(layer)
+    for name in ("stride", "padding", "in_channels", "out_channels", "kernel_size", "padding_mode"):
+        assert getattr(bio, name) == getattr(layer, name), name
+    assert biofx.transform(nn.Linear(3, 5)).out_features == 5
+    assert copy.deepcopy(bio).stride == (2,)
+
+
+def make_mlp():
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("options", [{}, dict(apply_dales_principle=True, fuzzy_lr_distribution="weight_adaptive",
+                                               synaptic_scaling_gamma=0.1, automatic=("fuzzy", "volume"))])
+def test_meta_device_model_materialized_with_reset_bio_state(options):
+    torch.manual_seed(0)
+    weights = make_mlp().state_dict()
+    with torch.device("meta"):
+        model = make_mlp()
+    bio = biofx.transform(model, seed=3, **options)
+    assert all(layer.fuzzy_lr.is_meta for layer in bio.bio_layers())
+    bio.to_empty(device="cpu")
+    bio.load_state_dict(weights)
+    bio.reset_bio_state()
+    reference = make_mlp()
+    reference.load_state_dict(weights)
+    expected = biofx.transform(reference, seed=3, **options)
+    assert list(bio.state_dict()) == list(expected.state_dict())
+    for (name, value), other in zip(bio.state_dict().items(), expected.state_dict().values()):
+        assert torch.equal(value, other), name
+    x = torch.randn(2, 4)
+    assert torch.equal(bio(x), expected(x))
+
+
+def test_weight_flow_check_catches_a_direct_read_after_the_passes():
+    from biofx.passes import plan_layers, run_passes
+    from biofx.passes.plan import check_weight_flow
+    from biofx.tracing import trace
+
+    model = MLP()
+    gm = trace(model)
+    layers, _ = plan_layers(gm, ConfigMap(default=BioConfig(seed=0)), model)
+    run_passes(gm, layers)
+    check_weight_flow(gm, layers)  # the passes keep every weight on its bio chain
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    with gm.graph.inserting_before(output):
+        stray = gm.graph.get_attr("fc1.weight")  # an untagged read of a converted weight
+        total = gm.graph.call_function(torch.add, (output.args[0], gm.graph.call_method("sum", (stray,))))
+    output.args = (total,)
+    with pytest.raises(AssertionError, match="fc1"):
+        check_weight_flow(gm, layers)

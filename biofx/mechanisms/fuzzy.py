@@ -33,7 +33,13 @@ def _uniform_around_one(rand01: torch.Tensor, nu) -> torch.Tensor:
 def initial_multipliers(
     weight: torch.Tensor, config: BioConfig, layer_index: int, total_layers: int, seed: int
 ) -> torch.Tensor:
-    """Draw f for one layer (float32, on ``weight``'s device), reproducibly from ``seed``."""
+    """Draw f for one layer (float32, on ``weight``'s device), reproducibly from ``seed``.
+
+    On the meta device (a model built without memory) f is an empty meta tensor: draw it
+    with ``reset_bio_state()`` once the model is materialized.
+    """
+    if weight.is_meta:
+        return torch.empty(weight.shape, dtype=torch.float32, device="meta")
     nu = config.fuzzy_learning_rate_factor_nu
     dist = config.fuzzy_lr_distribution
     w = weight.detach().float().cpu()

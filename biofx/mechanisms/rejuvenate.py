@@ -72,6 +72,8 @@ def rejuvenate_(
     by the flat element index).
     """
     w = weight.detach()
+    if w.numel() == 0:  # nothing to replace (and no max|W| to take)
+        return torch.zeros((), dtype=torch.int64, device=w.device)
     flat_sign = None if sign is None else sign.expand_as(w).reshape(-1)
     new, count = rejuvenated(w.reshape(-1), dre, key, counter, flat_sign, rule)
     w.copy_(new.view(w.shape))

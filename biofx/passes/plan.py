@@ -10,11 +10,19 @@ kind that is *not* converted, with the reason.
 from __future__ import annotations
 
 import dataclasses
+import logging
+
+import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from ..config import BioConfig, ConfigMap
-from ..layers import LayerKind, kind_of
+from ..layers import LAYER_KINDS, LayerKind, kind_of
+from ..tracing import LEAF_REASONS, leaf_reason
+from . import tags
+
+log = logging.getLogger("biofx")
 
 
 @dataclasses.dataclass
@@ -40,14 +48,16 @@ def skip_split_marked(module: nn.Module) -> bool:
 
 
 def plan_layers(
-    gm: fx.GraphModule, config_map: ConfigMap, model: nn.Module
+    gm: fx.GraphModule, config_map: ConfigMap, model: nn.Module, prefix: str = ""
 ) -> tuple[list[BioLayer], list[tuple[str, str]]]:
     """Return the bio layers in execution order and ``(name, reason)`` for layers left plain.
 
-    ``model`` is the traced model, for the layers the graph does not reach.
+    ``model`` is the traced model, for the layers the graph does not reach; ``prefix`` its
+    path in a larger model (for the module paths in the reasons).
     """
     layers: dict[str, BioLayer] = {}
     plain: dict[str, str] = {}
+    bypasses = _bypasses(gm, prefix)
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
@@ -58,13 +68,20 @@ def plan_layers(
         if node.target in layers:
             layers[node.target].sites.append(node)
             continue
+        check_initialized(node.target, module)
         config, rule = config_map.select(node.target, module)
         if config is None:
             plain[node.target] = f"left plain by ConfigMap ({rule})"
         elif len(node.args) != 1 or node.kwargs:
             plain[node.target] = "called with arguments other than one input tensor"
+        elif parametrize.is_parametrized(module, "weight"):
+            plain[node.target] = "its weight is computed by a parametrization (e.g. weight_norm), not stored"
         elif not isinstance(getattr(module, "weight", None), nn.Parameter):
             plain[node.target] = "its weight is not an nn.Parameter"
+        elif (why := kind.unsupported(module)) is not None:
+            plain[node.target] = why
+        elif node.target in bypasses:
+            plain[node.target] = bypasses[node.target]
         else:
             layers[node.target] = BioLayer(node.target, module, kind, config, rule, [node])
     ordered = list(layers.values())
@@ -72,7 +89,70 @@ def plan_layers(
         layer.index = index
     config_map.check_all_used([n for n, _ in convertible_modules(model)])
     plan_splitting(ordered)
-    return ordered, _explain_plain(gm, model, layers, plain)
+    return ordered, _explain_plain(gm, model, layers, plain, prefix)
+
+
+def _bypasses(gm: fx.GraphModule, prefix: str) -> dict:
+    """Layers whose weight the graph also uses outside their call: ``{name: reason}``.
+
+    A ``get_attr`` of ``<layer>.weight`` (code reading ``self.fc.weight``) or a leaf module
+    call that contains the layer would use the stored weight, which the bio nodes never see.
+    """
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and node.target.endswith(".weight") and _uses_value(node):
+            name = node.target[: -len(".weight")]
+            out[name] = f"its weight is also read directly (graph node {node.name!r}), bypassing the bio nodes"
+        elif node.op == "call_module":
+            for name, module in gm.get_submodule(node.target).named_modules():
+                if name and kind_of(module) is not None:
+                    out[f"{node.target}.{name}"] = (
+                        f"also used inside leaf module {join_path(prefix, node.target)!r} "
+                        f"({type(gm.get_submodule(node.target)).__name__}), "
+                        "which the bio nodes do not see"
+                    )
+    return out
+
+
+#: tensor attributes and methods that read metadata, not values
+_METADATA = frozenset(
+    {"dtype", "shape", "device", "ndim", "layout", "is_cuda", "is_meta", "requires_grad", "size", "dim"}
+)
+
+
+def _uses_value(node: fx.Node) -> bool:
+    """Whether some user of ``node`` reads its values (not only ``.dtype``, ``.shape``, ...)."""
+    for user in node.users:
+        if user.op == "call_function" and user.target is getattr and user.args[1] in _METADATA:
+            continue
+        if user.op == "call_method" and user.target in _METADATA:
+            continue
+        return True
+    return False
+
+
+def check_weight_flow(gm: fx.GraphModule, layers: list) -> None:
+    """Internal invariant after the passes: each converted layer's weight reaches its calls
+    through the bio chain only, and nothing else in the graph reads it."""
+    for layer in layers:
+        target = f"{layer.name}.weight" if layer.name else "weight"
+        readers = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target == target and _uses_value(n)]
+        assert readers and all(tags.get_tag(n) is not None for n in readers), (layer.name, readers)
+        for site in layer.sites:
+            node = layer.weight_nodes[site]
+            while node.op != "get_attr":
+                assert tags.get_tag(node) is not None, (layer.name, node)
+                node = node.args[0]
+            assert node.target == target, (layer.name, node.target)
+
+
+def check_initialized(name: str, module: nn.Module) -> None:
+    """A lazy layer (``nn.LazyLinear``) has no weight until its first forward: say so."""
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters(recurse=False)):
+        raise ValueError(
+            f"layer {name or '<root>'!r} ({type(module).__name__}) has uninitialized parameters: lazy layers get "
+            "their shapes on the first forward. Run one forward pass with an example input before biofx.transform."
+        )
 
 
 def plan_splitting(layers: list[BioLayer]) -> None:
@@ -107,9 +187,38 @@ def convertible_modules(model: nn.Module):
             yield name, module
 
 
-def _explain_plain(gm, model, layers, plain) -> list[tuple[str, str]]:
+def log_plain(plain: list) -> None:
+    """Log the layers left plain: a warning for those the user's ConfigMap did not choose."""
+    unchosen = [(name, reason) for name, reason in plain if not reason.startswith("left plain by ConfigMap")]
+    for name, reason in plain:
+        log.info("biofx left %s plain: %s", name, reason)
+    if unchosen:
+        log.warning(
+            "biofx could not convert %d Linear/Conv layer(s); they train as plain layers (bio_report.plain): %s",
+            len(unchosen),
+            "; ".join(f"{name}: {reason}" for name, reason in unchosen),
+        )
+
+
+def scripted_layers(model: nn.Module, prefix: str = ""):
+    """``(name, reason)`` for the layers of a registered kind inside TorchScript submodules."""
+    kinds = {kind.module_type.__name__ for kind in LAYER_KINDS.values()}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", None) in kinds:
+            owner = next(
+                (path for path, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule) and
+                 (path == name or name.startswith(path + "."))),
+                name,
+            )
+            yield name, (
+                f"inside TorchScript module {join_path(prefix, owner)!r}: compiled code cannot be rewritten; "
+                "transform the Python module before torch.jit.script"
+            )
+
+
+def _explain_plain(gm, model, layers, plain, prefix) -> list[tuple[str, str]]:
     """Every module of a registered kind that was not converted, with the reason."""
-    out = []
+    out = list(scripted_layers(model, prefix))
     traced_leaves = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     for name, module in convertible_modules(model):
         if name in layers:
@@ -119,7 +228,14 @@ def _explain_plain(gm, model, layers, plain) -> list[tuple[str, str]]:
             continue
         owner = next((leaf for leaf in traced_leaves if name.startswith(leaf + ".")), None)
         if owner is not None:
-            out.append((name, f"inside leaf module {owner!r} ({type(gm.get_submodule(owner)).__name__}), not traced"))
+            why = gm.meta.get(LEAF_REASONS, {}).get(owner) or leaf_reason(gm.get_submodule(owner))
+            module = gm.get_submodule(owner)
+            out.append((name, f"inside leaf module {join_path(prefix, owner)!r} ({type(module).__name__}), {why}"))
         else:
             out.append((name, "not called in the traced forward pass"))
     return out
+
+
+def join_path(prefix: str, name: str) -> str:
+    """``prefix.name``, or whichever of the two is not empty."""
+    return f"{prefix}.{name}" if prefix and name else prefix or name
