@@ -74,6 +74,7 @@ class BioSynapses(nn.Module):
         index: position among the model's bio layers in execution order.
         total: number of bio layers.
         seed: the model seed.
+        register: whether the optimizer-step hooks drive it (False for a scratch copy).
     """
 
     #: driven by the model-level methods and the optimizer-step hooks
@@ -90,6 +91,8 @@ class BioSynapses(nn.Module):
         index: int,
         total: int,
         seed: int,
+        *,
+        register: bool = True,
     ) -> None:
         super().__init__()
         self.layer_name = name
@@ -122,7 +125,7 @@ class BioSynapses(nn.Module):
         self._before_step: Optional[torch.Tensor] = None  # the weight before the step (acts_on="update")
         #: other modules' names for this weight when non-bio modules read it too (tied weights)
         self.shared_with: tuple = ()
-        if self.managed:
+        if self.managed and register:
             _register(self)
 
     # -- plumbing --------------------------------------------------------------------------
@@ -177,7 +180,9 @@ class BioSynapses(nn.Module):
         weights' initialization (or loading), this fills the state; with Dale's principle it also
         re-applies the Dale initialization to the weight, as the transform does.
         """
-        fresh = BioSynapses(self.layer_name, self.layer, self.kind, self.config, self.index, *self._drawn_from)
+        fresh = BioSynapses(
+            self.layer_name, self.layer, self.kind, self.config, self.index, *self._drawn_from, register=False
+        )
         for name, buffer in fresh.named_buffers():
             self._buffers[name].copy_(buffer)
         self._sync_counters()

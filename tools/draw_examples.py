@@ -23,6 +23,7 @@ CONFIG = biofx.BioConfig(
     weight_splitting_Gamma=2,
     apply_dales_principle=True,
     automatic=("fuzzy", "volume", "crystallize", "scaling"),
+    acts_on="gradient",  # fuzzy and volume as backward-graph nodes, so the picture shows them
     synaptic_scaling_gamma=0.01,
     rejuvenate_every=50,
     seed=0,
