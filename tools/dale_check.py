@@ -8,6 +8,7 @@ std over seeds, and the gap Dale − plain (mean ± std of the paired difference
 
     python tools/dale_check.py                       # defaults: 3 seeds, a few minutes on 1 thread
     python tools/dale_check.py --seeds 5 --epochs 20 --cases cnn-sgd,cnn-adam --modes dann
+    python tools/dale_check.py --cases cnn-sgd --lr 0.1
 
 Needs scikit-learn (``pip install "biofx[demo]"``). Runs on one CPU thread.
 """
@@ -101,6 +102,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="paired seeds per case (default 3)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs for every case (default: per case)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate for every case (default: per case)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     parser.add_argument("--modes", default="dann,column", help="comma-separated Dale modes (default dann,column)")
     args = parser.parse_args(argv)
@@ -114,6 +116,8 @@ def main(argv=None) -> None:
             parser.error(f"unknown Dale mode {mode!r}; choose from {', '.join(MODES)}")
     if args.seeds < 1 or (args.epochs is not None and args.epochs < 1):
         parser.error("--seeds and --epochs must be at least 1")
+    if args.lr is not None and args.lr <= 0:
+        parser.error("--lr must be positive")
     torch.set_num_threads(1)
     data = load_digits_split()
     header = ["case", "lr", "epochs", "plain"] + [f"dale {m}" for m in modes] + [f"gap {m}" for m in modes]
@@ -121,6 +125,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     for name in cases:
         case = CASES[name]
+        if args.lr is not None:
+            case = dataclasses.replace(case, lr=args.lr)
         epochs = args.epochs or case.epochs
         results = run_case(case, data, modes, args.seeds, epochs)
         gaps = [[d - p for d, p in zip(results[m], results["plain"])] for m in modes]
