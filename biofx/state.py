@@ -98,6 +98,11 @@ class BioSynapses(nn.Module):
             if config.dale_mode == "column":
                 signs = dale.draw_signs(units, config.dale_excitatory_fraction, key)
             else:  # DANN: the layer's inputs are excitatory, its interneurons inhibit
+                if not self.managed:
+                    raise NotImplementedError(
+                        f"{type(self).__name__} on its own has no graph to add DANN's interneurons to the "
+                        "layer's forward; use dale_mode='column', or biofx.transform / BioConverter on the model"
+                    )
                 signs = torch.ones(units)
                 _add_interneurons(layer, kind, config.dale_excitatory_fraction)
             groups = getattr(layer, "groups", 1)

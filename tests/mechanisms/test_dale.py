@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import biofx
 from biofx import ops
+from biofx.bio_module import BioModule
 from biofx.mechanisms import dale
 from biofx.passes import tags
 
@@ -194,6 +195,16 @@ def test_grouped_conv_signs_follow_input_channels():
     # out channels 0..2 read input channels 0,1; 3..5 read 2,3: rows within a group agree
     assert torch.equal(sign[0], sign[1]) and torch.equal(sign[3], sign[5])
     assert int((sign[[0, 3]] > 0).sum()) == 2
+
+
+def test_standalone_bio_module_needs_column_mode():
+    config = biofx.BioConfig(apply_dales_principle=True)
+    with pytest.raises(NotImplementedError, match="dale_mode='column'"):
+        BioModule(lambda: nn.Linear(4, 3), config)
+    layer = nn.Linear(4, 3)
+    module = BioModule(lambda: layer, config.replace(dale_mode="column"))
+    module.enforce_dales_principle()
+    assert (layer.weight * module.dale_sign >= 0).all()
 
 
 def test_reference_error_when_off():
