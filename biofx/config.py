@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import torch.nn as nn
 
+from .mechanisms.dale import MODES as DALE_MODES
+
 __all__ = ["BioConfig", "Distribution", "ConfigMap", "MECHANISMS", "DEFAULT_BIO_CONFIG"]
 
 
@@ -155,7 +157,7 @@ class BioConfig:
             raise ValueError(
                 f"BioConfig.rejuvenation_rule must be 'paper' or 'lognormal', got {self.rejuvenation_rule!r}"
             )
-        if self.dale_mode not in ("dann", "column"):
+        if self.dale_mode not in DALE_MODES:
             raise ValueError(f"BioConfig.dale_mode must be 'dann' or 'column', got {self.dale_mode!r}")
         if self.apply_dales_principle and self.dale_mode == "dann" and self.dale_excitatory_fraction == 0:
             raise ValueError(

@@ -315,12 +315,9 @@ def _add_interneurons(layer: nn.Module, kind: LayerKind, excitatory_fraction: fl
     num_inhibitory = dale.interneurons(num_excitatory, excitatory_fraction)
     shape = list(weight.shape)
     shape[kind.out_axis] = num_inhibitory
-    new = lambda *size: nn.Parameter(  # noqa: E731
-        weight.new_zeros(size), requires_grad=weight.requires_grad
-    )
     w_ei, w_ie = dale.INTERNEURON_PARAMS
-    layer.register_parameter(w_ei, new(num_excitatory, num_inhibitory))
-    layer.register_parameter(w_ie, new(*shape))
+    for name, size in ((w_ei, (num_excitatory, num_inhibitory)), (w_ie, shape)):
+        layer.register_parameter(name, nn.Parameter(weight.new_zeros(size), requires_grad=weight.requires_grad))
 
 
 def live_synapses() -> tuple[int, list[BioSynapses]]:

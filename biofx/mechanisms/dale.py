@@ -13,8 +13,9 @@ outputs are excitatory units; ``n_i`` inhibitory interneurons per layer subtract
 excitatory fraction ``p``, ``n_i = round(n_e·(1 − p)/p)`` (at least 1 for ``p < 1``), so
 ``p`` of the layer's neurons are excitatory. Initialization: ``W_EE ~ Exp`` with the
 standard deviation of the layer's own init, every row of ``W_IE`` the mean row of ``W_EE``,
-``W_EI = 1/n_i``: at init each unit's summed input weight is exactly zero and ``W`` has the
-layer's init variance.
+``W_EI = 1/n_i``: at init ``W = W_EE − mean row``, so inhibition cancels the mean excitation
+(each unit's summed input weight is zero in expectation, each column sums to zero) and ``W``
+has the layer's init variance.
 
 ``"column"`` (ColumnEI): every presynaptic unit j (input feature of a Linear, input channel
 of a Conv) has a sign s_j and the layer uses ``W = s·|w|``. Initialization ``w ← s·|w|``
@@ -92,7 +93,8 @@ def initialize_dann_(
     weight: torch.Tensor, w_ei: torch.Tensor, w_ie: torch.Tensor, out_axis: int, seed: int
 ) -> None:
     """In place: ``W_EE ~ Exp`` with std σ = std of ``weight``; rows of ``W_IE`` = mean row of
-    ``W_EE``; ``W_EI = 1/n_i``. Then ``W = W_EE − mean row``: zero row sums, variance σ²."""
+    ``W_EE``; ``W_EI = 1/n_i``. Then ``W = W_EE − mean row``: ``E[Σ_j W_ij] = 0``, ``Σ_i W_ij = 0``,
+    variance σ²·(1 − 1/n_e)."""
     generator = torch.Generator().manual_seed(seed)
     std = weight.detach().float().std(correction=0)
     draw = torch.empty(weight.shape).exponential_(1.0, generator=generator)
