@@ -312,7 +312,7 @@ def _add_interneurons(layer: nn.Module, kind: LayerKind, excitatory_fraction: fl
     ``dale_w_ie`` (the weight's shape with n_i outputs); ``layer.weight`` stays W_EE."""
     weight = layer.weight
     num_excitatory = weight.shape[kind.out_axis]
-    num_inhibitory = dale.interneurons(num_excitatory, excitatory_fraction)
+    num_inhibitory = dale.interneurons(num_excitatory, excitatory_fraction, weight.numel() // max(num_excitatory, 1))
     shape = list(weight.shape)
     shape[kind.out_axis] = num_inhibitory
     w_ei, w_ie = dale.INTERNEURON_PARAMS

@@ -10,10 +10,10 @@ outputs are excitatory units; ``n_i`` inhibitory interneurons per layer subtract
     W = |W_EE| − |W_EI|·|W_IE|,   W_EE = layer.weight [n_e, d], W_EI [n_e, n_i], W_IE [n_i, d]
 
 (convolutions: ``W_IE`` has the kernel's shape with ``n_i`` output channels). With
-excitatory fraction ``p``, ``n_i = round(n_e·(1 − p)/p)`` (at least 1 for ``p < 1``), so
-``p`` of the layer's neurons are excitatory. Initialization: ``W_EE ~ Exp`` with the
-standard deviation of the layer's own init, every row of ``W_IE`` the mean row of ``W_EE``,
-``W_EI = 1/n_i``: at init ``W = W_EE − mean row``, so inhibition cancels the mean excitation
+excitatory fraction ``p``, ``n_i = round(n_e·(1 − p)/p)``, so ``p`` of the layer's neurons
+are excitatory (at least 1 for ``p < 1``; at most ``min(n_e, d)``, the highest rank
+inhibition can have). Initialization: ``W_EE ~ Exp`` with the standard deviation of the
+layer's own init, every row of ``W_IE`` the mean row of ``W_EE``, ``W_EI = 1/n_i``: at init ``W = W_EE − mean row``, so inhibition cancels the mean excitation
 (each unit's summed input weight is zero in expectation, each column sums to zero) and ``W``
 has the layer's init variance.
 
@@ -64,10 +64,14 @@ def constrain(weight: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     return sign.to(weight.dtype) * weight.abs()
 
 
-def interneurons(num_excitatory: int, excitatory_fraction: float) -> int:
-    """``n_i = round(n_e·(1 − p)/p)``, at least 1 unless ``p = 1`` (no inhibition)."""
+def interneurons(num_excitatory: int, excitatory_fraction: float, num_inputs: int) -> int:
+    """``n_i = round(n_e·(1 − p)/p)``, at least 1 unless ``p = 1`` (no inhibition), at most
+    ``min(n_e, d)`` (``d`` inputs per unit), the highest rank ``|W_EI|·|W_IE|`` can have."""
     if excitatory_fraction == 1.0:
         return 0
+    cap = min(num_excitatory, num_inputs)
+    if num_excitatory * (1.0 - excitatory_fraction) >= cap * excitatory_fraction:  # no division by a tiny p
+        return max(1, cap)
     return max(1, round(num_excitatory * (1.0 - excitatory_fraction) / excitatory_fraction))
 
 

@@ -137,7 +137,9 @@ def test_dann_init_balanced_with_the_layers_variance(layer):
 
 
 def test_interneuron_count_follows_the_excitatory_fraction():
-    assert [dale.interneurons(64, p) for p in (0.8, 0.5, 0.99, 1.0)] == [16, 64, 1, 0]
+    assert [dale.interneurons(64, p, 100) for p in (0.8, 0.5, 0.99, 1.0)] == [16, 64, 1, 0]
+    assert dale.interneurons(64, 0.1, 100) == dale.interneurons(64, 1e-300, 100) == 64  # at most min(n_e, d)
+    assert dale.interneurons(64, 0.1, 9) == 9
 
 
 # -- graph and parameters ------------------------------------------------------------------
