@@ -13,9 +13,10 @@ outputs are excitatory units; ``n_i`` inhibitory interneurons per layer subtract
 excitatory fraction ``p``, ``n_i = round(n_e·(1 − p)/p)``, so ``p`` of the layer's neurons
 are excitatory (at least 1 for ``p < 1``; at most ``min(n_e, d)``, the highest rank
 inhibition can have). Initialization: ``W_EE ~ Exp`` with the standard deviation of the
-layer's own init, every row of ``W_IE`` the mean row of ``W_EE``, ``W_EI = 1/n_i``: at init ``W = W_EE − mean row``, so inhibition cancels the mean excitation
-(each unit's summed input weight is zero in expectation, each column sums to zero) and ``W``
-has the layer's init variance.
+layer's own init, every row of ``W_IE`` the mean row of ``W_EE``, ``W_EI = 1/n_i``: at
+init ``W = W_EE − mean row``, so inhibition cancels the mean excitation (each unit's summed
+input weight is zero in expectation, each column sums to zero) and ``W`` has the layer's
+init variance.
 
 ``"column"`` (ColumnEI): every presynaptic unit j (input feature of a Linear, input channel
 of a Conv) has a sign s_j and the layer uses ``W = s·|w|``. Initialization ``w ← s·|w|``
