@@ -5,7 +5,7 @@ every forward whatever an optimizer does to the stored weights, and a stored wei
 crossed zero keeps a gradient (``d|w|/dw = sign(w)``) and can come back:
 
 ``"dann"`` (default), Dale's ANNs (Cornford et al., ICLR 2021). The layer's inputs and
-outputs are excitatory units; ``n_i`` inhibitory interneurons per layer subtract:
+outputs are excitatory units; ``n_i`` inhibitory interneurons per layer subtract::
 
     W = |W_EE| − |W_EI|·|W_IE|,   W_EE = layer.weight [n_e, d], W_EI [n_e, n_i], W_IE [n_i, d]
 
