@@ -13,10 +13,10 @@ outputs are excitatory units; ``n_i`` inhibitory interneurons per layer subtract
 excitatory fraction ``p``, ``n_i = round(n_e·(1 − p)/p)``, so ``p`` of the layer's neurons
 are excitatory (at least 1 for ``p < 1``; at most ``min(n_e, d)``, the highest rank
 inhibition can have). Initialization: ``W_EE ~ Exp`` with the standard deviation of the
-layer's own init, every row of ``W_IE`` the mean row of ``W_EE``, ``W_EI = 1/n_i``: at
-init ``W = W_EE − mean row``, so inhibition cancels the mean excitation (each unit's summed
-input weight is zero in expectation, each column sums to zero) and ``W`` has the layer's
-init variance.
+layer's own init, the rows of ``W_IE`` the mean row of ``W_EE`` (times random factors that
+average to 1 over the interneurons), ``W_EI = 1/n_i``: at init ``W = W_EE − mean row``, so
+inhibition cancels the mean excitation (each unit's summed input weight is zero in
+expectation, each column sums to zero) and ``W`` has the layer's init variance.
 
 ``"column"`` (ColumnEI): every presynaptic unit j (input feature of a Linear, input channel
 of a Conv) has a sign s_j and the layer uses ``W = s·|w|``. Initialization ``w ← s·|w|``
@@ -97,12 +97,16 @@ def initialize_column_(weight: torch.Tensor, sign: torch.Tensor, out_axis: int) 
 def initialize_dann_(
     weight: torch.Tensor, w_ei: torch.Tensor, w_ie: torch.Tensor, out_axis: int, seed: int
 ) -> None:
-    """In place: ``W_EE ~ Exp`` with std σ = std of ``weight``; rows of ``W_IE`` = mean row of
-    ``W_EE``; ``W_EI = 1/n_i``. Then ``W = W_EE − mean row``: ``E[Σ_j W_ij] = 0``, ``Σ_i W_ij = 0``,
-    variance σ²·(1 − 1/n_e)."""
+    """In place: ``W_EE ~ Exp`` with std σ = std of ``weight``; ``W_IE[k] = m·(1 + ε_k)`` with m
+    the mean row of ``W_EE`` and ``ε_k ~ U(−½, ½)`` centred over the interneurons k;
+    ``W_EI = 1/n_i``. Then ``W = W_EE − m``: ``E[Σ_j W_ij] = 0``, ``Σ_i W_ij = 0``, variance
+    σ²·(1 − 1/n_e). The ε make the interneurons differ: with equal ones, their gradients are
+    equal and they stay one (rank-1) interneuron."""
     generator = torch.Generator().manual_seed(seed)
     std = weight.detach().float().std(correction=0)
     draw = torch.empty(weight.shape).exponential_(1.0, generator=generator)
     weight.copy_((draw.to(weight.device) * std).to(weight.dtype))
-    w_ie.copy_(weight.mean(out_axis, keepdim=True).expand_as(w_ie))
+    spread = torch.rand(w_ie.shape, generator=generator) - 0.5
+    spread = (spread - spread.mean(out_axis, keepdim=True)).to(w_ie.device)
+    w_ie.copy_(weight.mean(out_axis, keepdim=True) * (1 + spread))
     w_ei.fill_(1.0 / max(w_ei.shape[1], 1))

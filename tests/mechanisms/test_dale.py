@@ -128,8 +128,11 @@ def test_dann_init_balanced_with_the_layers_variance(layer):
     bio = dale_only(layer, "dann", dale_excitatory_fraction=0.8)
     n_e = layer.weight.shape[0]
     assert layer.dale_w_ei.shape == (n_e, n_e // 4) and layer.dale_w_ie.shape == (n_e // 4, *layer.weight.shape[1:])
-    assert (layer.weight >= 0).all()
+    assert (layer.weight >= 0).all() and (layer.dale_w_ie >= 0).all()
     torch.testing.assert_close(layer.dale_w_ei, torch.full_like(layer.dale_w_ei, 4 / n_e))
+    mean_row = layer.weight.detach().mean(0, keepdim=True)
+    torch.testing.assert_close(layer.dale_w_ie.mean(0, keepdim=True), mean_row)  # on average the mean row
+    assert not torch.allclose(layer.dale_w_ie[0], layer.dale_w_ie[1])  # distinct interneurons
     w = bio.bio_layers()[0].dale_weight().detach().flatten(1)
     torch.testing.assert_close(w.sum(0), torch.zeros(w.shape[1]), atol=1e-5, rtol=0)  # inhibition = mean E
     assert w.sum(1).abs().mean() < 0.15 * w.abs().sum(1).mean()  # each unit's input: balanced
