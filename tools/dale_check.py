@@ -1,9 +1,9 @@
 """Does a Dale network learn as well as a plain one? Plain against Dale on scikit-learn's digits.
 
 For every case (MLP and CNN of :func:`biofx.demo.build_model`, SGD and Adam) and seed, one
-model is built and trained three ways from the same initial weights on the same batches:
-plain, and transformed with only Dale's principle on (``dale_mode`` "dann" and "column";
-no fuzzy rates, no other mechanism). The table gives the final validation accuracy, mean ±
+model is built and trained from the same initial weights on the same batches: plain, and
+once per Dale mode (``--modes``, default "dann" and "column") transformed with only Dale's
+principle on (no fuzzy rates, no other mechanism). The table gives the final validation accuracy, mean ±
 std over seeds, and the gap Dale − plain (mean ± std of the paired differences).
 
     python tools/dale_check.py                       # defaults: 3 seeds, a few minutes on 1 thread
@@ -88,9 +88,9 @@ def run_case(case: Case, data: Digits, modes: list, seeds: int, epochs: int) -> 
     return results
 
 
-def mean_std(values: list) -> str:
+def mean_std(values: list, signed: bool = False) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {spread:.3f}"
+    return f"{statistics.fmean(values):{'+' if signed else ''}.3f} ± {spread:.3f}"
 
 
 def table(rows: list) -> str:
@@ -133,7 +133,7 @@ def main(argv=None) -> None:
         rows.append(
             [name, f"{case.lr:g}", str(epochs), mean_std(results["plain"])]
             + [mean_std(results[m]) for m in modes]
-            + [f"{statistics.fmean(g):+.3f} ± {statistics.stdev(g) if len(g) > 1 else 0.0:.3f}" for g in gaps]
+            + [mean_std(gap, signed=True) for gap in gaps]
         )
         print(f"{name} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     print(table(rows))
