@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import torch.nn as nn
 
+from .mechanisms.dale import MODES as DALE_MODES
+
 __all__ = ["BioConfig", "Distribution", "ConfigMap", "MECHANISMS", "DEFAULT_BIO_CONFIG"]
 
 
@@ -102,6 +104,8 @@ class BioConfig:
             ``loss.backward()``, ``g ← g·f`` (the paper's formulation; the same as
             ``"update"`` for plain SGD, but cancelled by Adam's per-weight normalization).
         dale_excitatory_fraction: fraction of presynaptic units that are excitatory.
+        dale_mode: ``"dann"`` (default: inhibitory interneurons subtract, ``W = |W_EE| −
+            |W_EI|·|W_IE|``) or ``"column"`` (one sign per presynaptic unit, ``W = s·|w|``).
         synaptic_scaling_gamma: γ of synaptic scaling ``g ← g − γ·(a_target − ā_i)·w``
             (0 disables it).
         synaptic_scaling_target: a_target, the target mean activity of a unit.
@@ -133,6 +137,7 @@ class BioConfig:
     automatic: tuple = ("fuzzy",)
     acts_on: str = "update"
     dale_excitatory_fraction: float = 0.8
+    dale_mode: str = "dann"
     synaptic_scaling_gamma: float = 0.0
     synaptic_scaling_target: float = 0.1
     activity_momentum: float = 0.9
@@ -161,6 +166,13 @@ class BioConfig:
         if self.rejuvenation_rule not in ("paper", "lognormal"):
             raise ValueError(
                 f"BioConfig.rejuvenation_rule must be 'paper' or 'lognormal', got {self.rejuvenation_rule!r}"
+            )
+        if self.dale_mode not in DALE_MODES:
+            raise ValueError(f"BioConfig.dale_mode must be 'dann' or 'column', got {self.dale_mode!r}")
+        if self.apply_dales_principle and self.dale_mode == "dann" and self.dale_excitatory_fraction == 0:
+            raise ValueError(
+                "BioConfig.dale_excitatory_fraction=0 leaves dale_mode='dann' no excitatory units; "
+                "use a fraction in (0, 1] or dale_mode='column'"
             )
         if self.seed is not None:
             _check_int("seed", self.seed, 0)

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
+from .mechanisms import dale
 from .state import RANK_LOCAL_BUFFERS, BioSynapses
 
 __all__ = ["BioMethods", "BioGraphModule", "keep_state"]
@@ -118,7 +119,8 @@ class BioMethods:
         return torch.stack(counts).sum() if counts else torch.zeros((), dtype=torch.int64)
 
     def enforce_dales_principle(self) -> None:
-        """Project stored weights onto Dale's constraint: ``w ← sign·relu(sign·w)``."""
+        """Stored weights onto Dale's constraint, the forward unchanged: ``w ← s·|w|``
+        (DANN mode: the interneuron weights too)."""
         layers = [layer for layer in self.bio_layers() if layer.config.apply_dales_principle]
         if not layers:
             raise AttributeError("Can not enforce dales principle without apply_dales_principle set True.")
@@ -126,7 +128,7 @@ class BioMethods:
             layer.enforce_dale()
 
     def dalian_network_initialization(self) -> None:
-        """Dale initialization: ``w ← |w|·sign`` (done at transform time; call again after re-initializing)."""
+        """Balanced Dale initialization (done at transform time; call again after re-initializing)."""
         layers = [layer for layer in self.bio_layers() if layer.config.apply_dales_principle]
         if not layers:
             raise AttributeError(
@@ -178,10 +180,11 @@ class BioMethods:
 
     # -- checkpoints ------------------------------------------------------------------------
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
-        """As ``nn.Module.load_state_dict``; a plain checkpoint (no ``biofx_state.*`` keys)
-        loads with ``strict=True`` too, and the bio state keeps its current values."""
+        """As ``nn.Module.load_state_dict``; a plain checkpoint (no ``biofx_state.*`` keys, no
+        DANN interneuron weights) loads with ``strict=True`` too, and the bio state keeps its
+        current values."""
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if STATE_PREFIX not in k]
+        missing = [k for k in result.missing_keys if not _bio_key(k)]
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(
                 f"Error(s) in loading state_dict for {type(self).__name__}: "
@@ -190,8 +193,14 @@ class BioMethods:
         return result
 
     def plain_state_dict(self) -> dict:
-        """``state_dict()`` without bio state: loads into the original model."""
-        return {k: v for k, v in self.state_dict().items() if STATE_PREFIX not in k}
+        """``state_dict()`` without bio state: loads into the original model. A Dale layer's
+        weight is the one its forward uses (``s·|w|``, minus ``|W_EI|·|W_IE|`` in DANN mode)."""
+        state = {k: v for k, v in self.state_dict().items() if not _bio_key(k)}
+        dale_layers = {id(layer.weight): layer for layer in self.bio_layers() if layer.config.apply_dales_principle}
+        for name, param in self.named_parameters(remove_duplicate=False):
+            if id(param) in dale_layers:
+                state[name] = dale_layers[id(param)].dale_weight().detach()
+        return state
 
     def bio_state_bytes(self) -> int:
         """Total bytes of bio state."""
@@ -226,6 +235,11 @@ class BioGraphModule(BioMethods, fx.GraphModule):
         reducer, (body, import_block) = super().__reduce__()
         body["_graphmodule_cls_name"] = type(self).__name__
         return (_rebuild, (body, import_block))
+
+
+def _bio_key(key: str) -> bool:
+    """Whether a ``state_dict`` key is biofx's own (bio state, DANN interneuron weights)."""
+    return STATE_PREFIX in key or key.rsplit(".", 1)[-1] in dale.INTERNEURON_PARAMS
 
 
 def _rebuild(body: dict, import_block: str) -> BioGraphModule:

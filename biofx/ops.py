@@ -1,6 +1,6 @@
 """The functions bio graph nodes call.
 
-Forward-pass nodes (``dale_weight``, ``weight_split``) are plain tensor functions.
+Forward-pass nodes (``dale_weight``, ``dale_inhibit``, ``weight_split``) are plain tensor functions.
 Gradient nodes (``fuzzy_grad``, ``volume_grad``) are identities in the forward pass whose
 backward scales the weight gradient; they are ``autograd.Function`` s, which Dynamo traces
 into the compiled forward and backward graphs (no graph break, fused by Inductor).
@@ -14,13 +14,19 @@ from ._leaf import graph_leaf
 
 from .mechanisms import dale, fuzzy, volume
 
-__all__ = ["dale_weight", "fuzzy_grad", "volume_grad", "weight_split"]
+__all__ = ["dale_weight", "dale_inhibit", "fuzzy_grad", "volume_grad", "weight_split"]
 
 
 @graph_leaf("dale")
 def dale_weight(weight: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-    """Dale parametrization: ``sign·relu(sign·w)``."""
+    """Dale parametrization: ``s·|w|``, one sign per presynaptic unit."""
     return dale.constrain(weight, sign)
+
+
+@graph_leaf("dale")
+def dale_inhibit(weight: torch.Tensor, w_ei: torch.Tensor, w_ie: torch.Tensor, out_axis: int) -> torch.Tensor:
+    """DANN's interneurons: ``W − |W_EI|·|W_IE|``."""
+    return dale.inhibit(weight, w_ei, w_ie, out_axis)
 
 
 class _FuzzyGrad(torch.autograd.Function):

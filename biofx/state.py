@@ -12,7 +12,7 @@ buffer             shape, dtype   meaning
 ``step``           (), int64      optimizer steps taken (keys the volume noise)
 ``updates``        (), int64      fuzzy-rate updates done (TEMPORAL/ACTIVITY)
 ``rejuvenations``  (), int64      rejuvenations done (keys their noise)
-``dale_sign``      bcast, f32     ±1 per presynaptic unit (Dale's principle only)
+``dale_sign``      bcast, f32     ±1 per presynaptic unit (Dale's principle only; +1 in DANN mode)
 ``activity_*``     (C,), f32      activity statistics (ACTIVITY / synaptic scaling only)
 =================  =============  ==================================================
 
@@ -111,7 +111,16 @@ class BioSynapses(nn.Module):
         self.register_buffer("rejuvenations", torch.zeros((), dtype=torch.int64, device=device))
         if config.apply_dales_principle:
             units = _presynaptic_units(layer, kind)
-            signs = dale.draw_signs(units, config.dale_excitatory_fraction, key)
+            if config.dale_mode == "column":
+                signs = dale.draw_signs(units, config.dale_excitatory_fraction, key)
+            else:  # DANN: the layer's inputs are excitatory, its interneurons inhibit
+                if not self.managed:
+                    raise NotImplementedError(
+                        f"{type(self).__name__} on its own has no graph to add DANN's interneurons to the "
+                        "layer's forward; use dale_mode='column', or biofx.transform / BioConverter on the model"
+                    )
+                signs = torch.ones(units)
+                _add_interneurons(layer, kind, config.dale_excitatory_fraction)
             groups = getattr(layer, "groups", 1)
             sign = dale.broadcast_signs(signs, weight.shape, kind.in_axis, kind.out_axis, groups)
             self.register_buffer("dale_sign", sign.to(device))
@@ -334,15 +343,30 @@ class BioSynapses(nn.Module):
         self.rejuvenations.add_(1)
         return count
 
+    def dale_weight(self) -> torch.Tensor:
+        """The weight the layer uses: ``s·|w|``, minus ``|W_EI|·|W_IE|`` in DANN mode."""
+        weight = dale.constrain(self.weight, self.dale_sign)
+        if self.config.dale_mode == "dann":
+            weight = dale.inhibit(weight, self.layer.dale_w_ei, self.layer.dale_w_ie, self.kind.out_axis)
+        return weight
+
     @torch.no_grad()
     def enforce_dale(self) -> None:
-        """Project the stored weights onto the Dale constraint: ``w ← sign·relu(sign·w)``."""
+        """Stored weights onto the constraint, the forward unchanged: ``w ← s·|w|`` (DANN: all ``|·|``)."""
         self.weight.copy_(dale.constrain(self.weight, self.dale_sign))
+        if self.config.dale_mode == "dann":
+            self.layer.dale_w_ei.abs_()
+            self.layer.dale_w_ie.abs_()
 
     @torch.no_grad()
     def dale_initialize(self) -> None:
-        """``w ← |w|·sign`` (the reference's ``dalian_network_initialization``)."""
-        dale.initialize_(self.weight, self.dale_sign)
+        """Balanced Dale initialization (:func:`biofx.mechanisms.dale.initialize_dann_` or
+        :func:`~biofx.mechanisms.dale.initialize_column_`); draws are keyed by the layer's seed."""
+        if self.config.dale_mode == "dann":
+            layer = self.layer
+            dale.initialize_dann_(self.weight, layer.dale_w_ei, layer.dale_w_ie, self.kind.out_axis, int(self.rng_key))
+        else:
+            dale.initialize_column_(self.weight, self.dale_sign, self.kind.out_axis)
 
     def l1(self) -> torch.Tensor:
         """``Σ|w|`` of the layer's weight."""
@@ -359,6 +383,19 @@ class BioSynapses(nn.Module):
 
 def _presynaptic_units(layer: nn.Module, kind: LayerKind) -> int:
     return layer.weight.shape[kind.in_axis] * getattr(layer, "groups", 1)
+
+
+def _add_interneurons(layer: nn.Module, kind: LayerKind, excitatory_fraction: float) -> None:
+    """DANN's inhibitory weights as parameters of the layer: ``dale_w_ei`` [n_e, n_i] and
+    ``dale_w_ie`` (the weight's shape with n_i outputs); ``layer.weight`` stays W_EE."""
+    weight = layer.weight
+    num_excitatory = weight.shape[kind.out_axis]
+    num_inhibitory = dale.interneurons(num_excitatory, excitatory_fraction, weight.numel() // max(num_excitatory, 1))
+    shape = list(weight.shape)
+    shape[kind.out_axis] = num_inhibitory
+    w_ei, w_ie = dale.INTERNEURON_PARAMS
+    for name, size in ((w_ei, (num_excitatory, num_inhibitory)), (w_ie, shape)):
+        layer.register_parameter(name, nn.Parameter(weight.new_zeros(size), requires_grad=weight.requires_grad))
 
 
 def live_synapses() -> tuple[int, list[BioSynapses]]:

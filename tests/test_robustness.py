@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import biofx
@@ -159,9 +159,10 @@ def test_volume_factor_is_finite_and_bounded_for_extreme_weights(config, weight)
 
 
 @SETTINGS
-@given(tensors(TINY + HUGE), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1))
-def test_dale_projection_is_finite_and_sign_consistent(weight, fraction, seed):
-    config = BioConfig(apply_dales_principle=True, dale_excitatory_fraction=fraction, seed=seed)
+@given(tensors(TINY + HUGE), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1), st.sampled_from(["dann", "column"]))
+def test_dale_projection_is_finite_and_sign_consistent(weight, fraction, seed, mode):
+    assume(mode == "column" or fraction > 0)  # DANN needs excitatory units
+    config = BioConfig(apply_dales_principle=True, dale_excitatory_fraction=fraction, seed=seed, dale_mode=mode)
     bio, layer = one_layer(config, weight)
     bio.enforce_dales_principle()
     w = layer.weight.detach()

@@ -1,14 +1,35 @@
-"""Dale's principle: one sign per presynaptic unit.
+"""Dale's principle: every neuron is excitatory or inhibitory, never both.
 
-Every presynaptic unit (input feature of a Linear, input channel of a Conv) is excitatory
-(+1) or inhibitory (−1), and all its outgoing weights share that sign. The constraint is a
-parametrization: the weight a layer uses is ``sign·relu(sign·w)``, so it holds at every
-forward whatever an optimizer does to the stored w.
+Two modes (``BioConfig.dale_mode``), both parametrizations, so the constraint holds at
+every forward whatever an optimizer does to the stored weights, and a stored weight that
+crossed zero keeps a gradient (``d|w|/dw = sign(w)``) and can come back:
+
+``"dann"`` (default), Dale's ANNs (Cornford et al., ICLR 2021). The layer's inputs and
+outputs are excitatory units; ``n_i`` inhibitory interneurons per layer subtract::
+
+    W = |W_EE| − |W_EI|·|W_IE|,   W_EE = layer.weight [n_e, d], W_EI [n_e, n_i], W_IE [n_i, d]
+
+(convolutions: ``W_IE`` has the kernel's shape with ``n_i`` output channels). With
+excitatory fraction ``p``, ``n_i = round(n_e·(1 − p)/p)``, so ``p`` of the layer's neurons
+are excitatory (at least 1 for ``p < 1``; at most ``min(n_e, d)``, the highest rank
+inhibition can have). Initialization: ``W_EE ~ Exp`` with the standard deviation of the
+layer's own init, the rows of ``W_IE`` the mean row of ``W_EE`` (times random factors that
+average to 1 over the interneurons), ``W_EI = 1/n_i``: at init ``W = W_EE − mean row``, so
+inhibition cancels the mean excitation (each unit's summed input weight is zero in
+expectation, each column sums to zero) and ``W`` has the layer's init variance.
+
+``"column"`` (ColumnEI): every presynaptic unit j (input feature of a Linear, input channel
+of a Conv) has a sign s_j and the layer uses ``W = s·|w|``. Initialization ``w ← s·|w|``
+with each unit's inhibitory magnitudes rescaled so that its summed input weight is zero.
 """
 
 from __future__ import annotations
 
 import torch
+
+MODES = ("dann", "column")
+#: names of DANN's inhibitory parameters, registered on the layer (``fc1.dale_w_ei``)
+INTERNEURON_PARAMS = ("dale_w_ei", "dale_w_ie")
 
 
 def draw_signs(num_units: int, excitatory_fraction: float, seed: int) -> torch.Tensor:
@@ -40,11 +61,52 @@ def broadcast_signs(
 
 
 def constrain(weight: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-    """``sign·relu(sign·w)``: the weight with every wrong-signed entry at zero."""
-    sign = sign.to(weight.dtype)
-    return sign * torch.relu(sign * weight)
+    """``s·|w|``: one sign per presynaptic unit; a wrong-signed w keeps the gradient ``±g``."""
+    return sign.to(weight.dtype) * weight.abs()
 
 
-def initialize_(weight: torch.Tensor, sign: torch.Tensor) -> None:
-    """The reference's Dale initialization, in place: ``w ← |w|·sign``."""
-    weight.copy_(weight.abs() * sign.to(weight.dtype))
+def interneurons(num_excitatory: int, excitatory_fraction: float, num_inputs: int) -> int:
+    """``n_i = round(n_e·(1 − p)/p)``, at least 1 unless ``p = 1`` (no inhibition), at most
+    ``min(n_e, d)`` (``d`` inputs per unit), the highest rank ``|W_EI|·|W_IE|`` can have."""
+    if excitatory_fraction == 1.0:
+        return 0
+    cap = min(num_excitatory, num_inputs)
+    if num_excitatory * (1.0 - excitatory_fraction) >= cap * excitatory_fraction:  # no division by a tiny p
+        return max(1, cap)
+    return max(1, round(num_excitatory * (1.0 - excitatory_fraction) / excitatory_fraction))
+
+
+def inhibit(weight: torch.Tensor, w_ei: torch.Tensor, w_ie: torch.Tensor, out_axis: int) -> torch.Tensor:
+    """``W − |W_EI|·|W_IE|``, the product taken over the interneurons (``out_axis`` of ``W_IE``)."""
+    inhibition = torch.tensordot(w_ei.abs(), w_ie.abs().movedim(out_axis, 0), dims=1)
+    return weight - inhibition.movedim(0, out_axis).to(weight.dtype)
+
+
+def initialize_column_(weight: torch.Tensor, sign: torch.Tensor, out_axis: int) -> None:
+    """In place: ``w ← s·|w|``, inhibitory entries of each postsynaptic unit i scaled by
+    ``Σ_E |w_i| / Σ_I |w_i|`` so that ``Σ_j w_ij = 0`` (units with no E or no I input: unscaled)."""
+    sign = sign.to(weight.dtype).expand_as(weight)
+    magnitude = weight.abs()
+    rest = [d for d in range(weight.dim()) if d != out_axis]
+    excitatory = (magnitude * (sign > 0)).sum(rest, keepdim=True)
+    inhibitory = (magnitude * (sign < 0)).sum(rest, keepdim=True)
+    scale = torch.where((excitatory > 0) & (inhibitory > 0), excitatory / inhibitory, torch.ones_like(excitatory))
+    weight.copy_(sign * magnitude * torch.where(sign < 0, scale, torch.ones_like(scale)))
+
+
+def initialize_dann_(
+    weight: torch.Tensor, w_ei: torch.Tensor, w_ie: torch.Tensor, out_axis: int, seed: int
+) -> None:
+    """In place: ``W_EE ~ Exp`` with std σ = std of ``weight``; ``W_IE[k] = m·(1 + ε_k)`` with m
+    the mean row of ``W_EE`` and ``ε_k ~ U(−½, ½)`` centred over the interneurons k;
+    ``W_EI = 1/n_i``. Then ``W = W_EE − m``: ``E[Σ_j W_ij] = 0``, ``Σ_i W_ij = 0``, variance
+    σ²·(1 − 1/n_e). The ε make the interneurons differ: with equal ones, their gradients are
+    equal and they stay one (rank-1) interneuron."""
+    generator = torch.Generator().manual_seed(seed)
+    std = weight.detach().float().std(correction=0)
+    draw = torch.empty(weight.shape).exponential_(1.0, generator=generator)
+    weight.copy_((draw.to(weight.device) * std).to(weight.dtype))
+    spread = torch.rand(w_ie.shape, generator=generator) - 0.5
+    spread = (spread - spread.mean(out_axis, keepdim=True)).to(w_ie.device)
+    w_ie.copy_(weight.mean(out_axis, keepdim=True) * (1 + spread))
+    w_ei.fill_(1.0 / max(w_ei.shape[1], 1))

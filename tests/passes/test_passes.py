@@ -24,7 +24,7 @@ def test_weight_chain_order_and_tags():
     while node.op != "get_attr":
         chain.append(node.target)
         node = node.args[0]
-    assert chain == [ops.volume_grad, ops.fuzzy_grad, ops.dale_weight]
+    assert chain == [ops.volume_grad, ops.fuzzy_grad, ops.dale_inhibit, ops.dale_weight]
     assert node.target == "0.weight"
     probe = next(iter(next(iter(linear.users)).users))
     assert tags.get_tag(probe)["mechanism"] == "activity"
@@ -49,7 +49,7 @@ def test_pass_results_in_report():
     bio = biofx.transform(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)), **full_config())
     counts = dict(bio.bio_report.passes)
     assert list(counts) == [p.__name__ for p in PASSES]
-    assert counts["dale_pass"] == 4 and counts["grad_nodes_pass"] == 10
+    assert counts["dale_pass"] == 10 and counts["grad_nodes_pass"] == 10
 
 
 def test_shared_layer_called_twice_shares_state():
