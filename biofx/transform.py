@@ -136,7 +136,7 @@ def build(gm: fx.GraphModule, layers: list, plain: list, name: str, prefix: str 
             continue
         initialized.add(layer.state_key)
         state.layer_name = f"{prefix}.{layer.name}" if prefix and layer.name else prefix or layer.name
-        if layer.config.apply_dales_principle:
+        if layer.config.apply_dales_principle and not state.weight.is_meta:  # meta: in reset_bio_state()
             state.dale_initialize()
     bio.bio_report = _report(bio, layers, plain, results)
     return bio

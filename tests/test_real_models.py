@@ -310,7 +310,7 @@ def test_gradients_carry_fuzzy_multipliers(make):
     model(input_ids=ids)[0].square().mean().backward()
     plain = {id(p): p.grad for p in model.parameters()}
     model.zero_grad(set_to_none=True)
-    bio = biofx.transform(model, seed=0).eval()  # shares the parameters
+    bio = biofx.transform(model, seed=0, acts_on="gradient").eval()  # shares the parameters
     bio(input_ids=ids)[0].square().mean().backward()
     for layer in bio.bio_layers():
         expected = plain[id(layer.weight)]
@@ -568,19 +568,19 @@ def test_model_matrix(name):
             outputs.append(_first(m(**inputs)))
         assert torch.equal(*outputs), f"{name} {'train' if training else 'eval'}"
     # no converted layer bypassed: with every fuzzy multiplier 0 no converted weight gets a gradient
-    probe = biofx.transform(model, automatic=("fuzzy",), seed=0).train()
+    # (on a copy: a second transform of the same model would take its weights over from `bio`)
+    probe = biofx.transform(copy.deepcopy(model), automatic=("fuzzy",), acts_on="gradient", seed=0).train()
     for layer in probe.bio_layers():
         layer.fuzzy_lr.zero_()
-    model.zero_grad(set_to_none=True)
     _first(probe(**inputs)).float().square().mean().backward()
-    shared = _shared(model)
+    shared = _shared(probe)
     for layer in probe.bio_layers():
         grad = layer.weight.grad
         assert id(layer.weight) in shared or grad is None or not grad.any(), f"{layer.layer_name} bypassed"
     # one train step: finite loss, converted weights change
     for layer in probe.bio_layers():
         layer.fuzzy_lr.fill_(1.0)
-    model.zero_grad(set_to_none=True)
+    probe.zero_grad(set_to_none=True)
     before = [layer.weight.detach().clone() for layer in probe.bio_layers()]
     loss = _first(probe(**inputs)).float().square().mean()
     loss.backward()

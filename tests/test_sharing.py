@@ -69,7 +69,7 @@ def test_explicit_methods_act_once_on_a_tied_weight():
 
 
 def test_dale_on_a_tied_weight_keeps_one_sign_per_unit():
-    bio = biofx.transform(TiedPair(), automatic=(), apply_dales_principle=True, seed=0)
+    bio = biofx.transform(TiedPair(), automatic=(), apply_dales_principle=True, dale_mode="column", seed=0)
     before = bio.a.weight.detach().clone()
     bio.enforce_dales_principle()
     assert torch.equal(bio.a.weight, before)  # initialized with the one sign vector: nothing to zero
