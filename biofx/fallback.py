@@ -304,11 +304,13 @@ def _merge(model, parts, converted, eager, leaves) -> FallbackReport:
     for name, module in convertible_modules(model):
         if name not in known:
             plain.append((name, _why_not(model, name, leaves)))
+    paths = tuple(path for part in parts for path in part.paths)
     return FallbackReport(
         tuple(layers),
         tuple(plain),
         tuple(passes.items()),
-        parts=tuple(path for part in parts for path in part.paths),
+        capture=f"fallback ({len(paths)} parts)",
+        parts=paths,
         eager=tuple(eager),
     )
 
