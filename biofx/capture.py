@@ -27,7 +27,8 @@ ATen ops. :func:`export_graph` turns that graph into the form the passes already
   dynamic where the model allows it (``Dim.AUTO``), so other batch sizes and sequence lengths
   run. The graph takes exactly the inputs of the example (by name): an input the example did
   not have (``labels``, ``token_type_ids``) cannot be passed later. Hugging Face models get
-  default examples (:func:`default_inputs`).
+  default examples (:func:`default_inputs`) and are captured with ``config.use_cache`` off:
+  the graph is for training and evaluation; it returns no KV cache for generation.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch.export import Dim
+from torch.fx.experimental import _config as fx_config
 from torch.utils import _pytree as pytree
 
 from .layers import kind_of
@@ -81,7 +83,7 @@ def default_inputs(model: nn.Module) -> Optional[dict]:
     """Example inputs for a Hugging Face model, or ``None`` for another model.
 
     Text models get ``input_ids`` (3 × 5, ``model.dummy_inputs``) and an all-ones
-    ``attention_mask``; encoder-decoders also ``decoder_input_ids``; image models a
+    ``attention_mask``; encoder-decoders also ``decoder_input_ids`` (3 × 4); image models a
     ``pixel_values`` batch of ``config.image_size``.
     """
     config, name = getattr(model, "config", None), getattr(model, "main_input_name", None)
@@ -96,7 +98,7 @@ def default_inputs(model: nn.Module) -> Optional[dict]:
         if "attention_mask" in params:
             inputs["attention_mask"] = torch.ones_like(ids)
         if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
-            inputs["decoder_input_ids"] = ids
+            inputs["decoder_input_ids"] = ids[:, :4].clone()  # its own tensor and length
         return inputs
     if name == "pixel_values" and hasattr(config, "image_size"):
         size = config.image_size
@@ -124,11 +126,18 @@ def export_graph(model: nn.Module, example_inputs: Any) -> Capture:
     }
     graphs = {}
     modes = {m: m.training for m in model.modules()}
+    # Hugging Face's KV cache is for generation and no pytree: keep it out (T5's stacks
+    # have their own configs)
+    caching = {id(c): c for m in model.modules() if getattr(c := getattr(m, "config", None), "use_cache", False)}
     try:
+        for config in caching.values():
+            config.use_cache = False
         for training in (True, False):
             model.train(training)
             try:
-                program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
+                # no duck sizing: equal example sizes (encoder and decoder length) stay independent
+                with fx_config.patch(use_duck_shape=False):
+                    program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
             except Exception as err:  # export raises many types; say which mode and what
                 raise CaptureError(
                     f"torch.export could not capture {type(model).__name__} in "
@@ -138,6 +147,8 @@ def export_graph(model: nn.Module, example_inputs: Any) -> Capture:
     finally:
         for module, training in modes.items():
             module.training = training
+        for config in caching.values():
+            config.use_cache = True
     exported = graphs[True]
     _merge_modes(exported.graph, graphs[False].graph)
     plain = _collapse_layer_calls(exported.graph, model)
@@ -194,7 +205,7 @@ def _merge_modes(train: fx.Graph, eval: fx.Graph) -> None:
         e_args, e_kwargs = fx.node.map_arg(_full_arguments(e), env.__getitem__)
 
         def merge(tv, ev):
-            if isinstance(tv, (list, tuple)) and type(ev) is type(tv) and len(tv) == len(ev):
+            if isinstance(tv, (list, tuple)) and isinstance(ev, (list, tuple)) and len(tv) == len(ev):
                 return type(tv)(merge(a, b) for a, b in zip(tv, ev))
             if isinstance(tv, fx.Node) or isinstance(ev, fx.Node):
                 if copies.get(tv, tv) is copies.get(ev, ev):
@@ -281,8 +292,8 @@ def _collapse_layer_calls(graph: fx.Graph, model: nn.Module) -> dict:
         out.replace_all_uses_with(site)
         for node in reversed(nodes):
             graph.erase_node(node)
-    for node in list(graph.nodes):
-        if node.op == "get_attr" and not node.users:
+    for node in reversed(graph.nodes):  # weights and mode choices only the replaced nodes read
+        if not node.users and (node.op == "get_attr" or node.target is mode_value):
             graph.erase_node(node)
     return plain
 

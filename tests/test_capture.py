@@ -1,0 +1,271 @@
+"""Whole-graph capture with torch.export (biofx.capture) for models torch.fx cannot trace.
+
+Each check compares the bio model (mechanisms neutral) with the plain model in plain PyTorch:
+outputs in eval and train mode (same seed, so the same dropout masks), gradients times the
+fuzzy multipliers, parameter names and ``state_dict``.
+"""
+
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import biofx
+from biofx.capture import CaptureError, mode_value
+
+NEUTRAL = dict(fuzzy_lr_distribution="baseline", seed=0)
+
+
+class Untraceable(nn.Module):
+    """torch.fx stops at ``x.dim()``; mode-dependent dropout; ``fc`` called twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 4, 3, padding=1, padding_mode="reflect")
+        self.fc = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        if x.dim() != 3:
+            raise ValueError("expected [batch, channels, length]")
+        h = self.conv(x).transpose(1, 2)
+        h = F.dropout(h, 0.5 if self.training else 0.0, training=self.training)
+        h = self.fc(torch.relu(self.fc(h)))
+        return self.head(h).mean(1)
+
+
+def outputs_match(model, bio, *args, **kwargs):
+    """Outputs of ``model`` and ``bio`` in eval and in train mode, from the same seed."""
+    for training in (False, True):
+        model.train(training)
+        bio.train(training)
+        torch.manual_seed(1)
+        expected = model(*args, **kwargs)
+        torch.manual_seed(1)
+        got = bio(*args, **kwargs)
+        expected, got = (o[0] if isinstance(o, tuple) or hasattr(o, "to_tuple") else o for o in (expected, got))
+        assert torch.equal(got, expected), f"{'train' if training else 'eval'} mode"
+
+
+def grads_carry_fuzzy(model, bio, loss):
+    """Every bio weight's gradient is the plain model's gradient times its fuzzy multiplier."""
+    model.train()
+    bio.train()
+    torch.manual_seed(2)
+    loss(model).backward()
+    plain = {id(p): p.grad.clone() for p in model.parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(2)
+    loss(bio).backward()
+    checked = 0
+    for layer in bio.bio_layers():
+        if id(layer.weight) in plain:
+            torch.testing.assert_close(layer.weight.grad, plain[id(layer.weight)] * layer.fuzzy_lr)
+            checked += 1
+    assert checked and not all(torch.equal(l.fuzzy_lr, torch.ones_like(l.fuzzy_lr)) for l in bio.bio_layers())
+
+
+def sgd_step_changes_weights(bio, loss):
+    """One SGD step: the loss is finite and every bio weight with a gradient moves."""
+    weights = {layer.layer_name: layer.weight for layer in bio.bio_layers()}
+    before = {name: w.detach().clone() for name, w in weights.items()}
+    optimizer = torch.optim.SGD(bio.parameters(), lr=0.1)
+    optimizer.zero_grad()
+    value = loss(bio)
+    value.backward()
+    optimizer.step()
+    assert torch.isfinite(value)
+    learning = [name for name, w in weights.items() if w.grad is not None and w.grad.any()]
+    assert learning and all(not torch.equal(weights[name], before[name]) for name in learning)
+
+
+def test_untraceable_model_is_captured_whole():
+    model = Untraceable()
+    x = torch.randn(2, 2, 7)
+    bio = biofx.transform(model, example_inputs=(x,), **NEUTRAL)
+    report = bio.bio_report
+    assert isinstance(bio, biofx.BioGraphModule)
+    assert report.capture == "export (inputs: x)" and "captured by export (inputs: x)" in str(report)
+    assert [layer.name for layer in report.converted] == ["conv", "fc", "head"] and report.plain == ()
+    sites = [n.target for n in bio.graph.nodes if n.op == "get_attr" and n.target.endswith(".weight")]
+    assert sites == ["conv.weight", "fc.weight", "fc.weight", "head.weight"]  # fc: both calls are layer sites
+    assert dict(bio.named_parameters()).keys() == dict(model.named_parameters()).keys()
+    outputs_match(model, bio, x)
+    outputs_match(model, bio, torch.randn(5, 2, 11))  # exported with dynamic batch and length
+
+
+def test_train_and_eval_share_one_graph():
+    """The dropout's p and its training flag read ``self.training`` at run time."""
+    bio = biofx.transform(Untraceable(), example_inputs=(torch.randn(2, 2, 7),))
+    selects = [n for n in bio.graph.nodes if n.target is mode_value]
+    assert len(selects) == 2 and all(n.args[0].target == "training" for n in selects)
+    assert {n.args[1:] for n in selects} == {(0.5, 0.0), (True, False)}
+
+
+def test_gradients_and_sgd_step():
+    model = Untraceable()
+    x = torch.randn(4, 2, 7)
+    bio = biofx.transform(model, example_inputs=(x,), seed=0)
+
+    def loss(m):
+        return m(x).square().mean()
+
+    grads_carry_fuzzy(model, bio, loss)
+    sgd_step_changes_weights(bio, loss)
+
+
+def test_state_dict_round_trips_with_the_original():
+    model = Untraceable()
+    bio = biofx.transform(model, example_inputs=(torch.randn(2, 2, 7),))
+    plain = Untraceable()
+    plain.load_state_dict(bio.plain_state_dict())  # strict: the same keys
+    bio.load_state_dict(plain.state_dict())  # a plain checkpoint loads into the bio model
+    assert all(k.startswith("biofx_state.") for k in bio.state_dict().keys() - model.state_dict().keys())
+
+
+def test_graph_that_differs_by_mode_is_not_exported():
+    class ModeBranch(Untraceable):
+        def forward(self, x):
+            h = self.fc(x)
+            return h + 1 if self.training else h  # different ops, not different literals
+
+    x = torch.randn(2, 4)
+    with pytest.raises(CaptureError, match="differs between train and eval mode"):
+        biofx.transform(ModeBranch(), example_inputs=(x,), capture="export")
+
+
+def test_untraced_and_unexported_model_falls_back_to_parts(caplog):
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.body(x)
+            if h.sum() > 0:  # data-dependent: neither torch.fx nor torch.export captures it
+                h = -h
+            return self.head(h)
+
+    x = torch.randn(3, 4)
+    with caplog.at_level(logging.WARNING, logger="biofx"):
+        bio = biofx.transform(Branchy(), example_inputs=(x,))
+    assert bio.bio_report.capture == "fallback (2 parts)"
+    assert "torch.export could not capture Branchy" in caplog.text
+    assert biofx.transform(Branchy()).bio_report.capture == "fallback (2 parts)"  # no inputs: no export
+
+
+def test_capture_arguments_are_checked():
+    model = Untraceable()
+    with pytest.raises(ValueError, match="capture must be one of 'auto', 'export', 'parts'"):
+        biofx.transform(model, capture="dynamo")
+    with pytest.raises(ValueError, match="needs example inputs for Untraceable: pass example_inputs="):
+        biofx.transform(model, capture="export")
+    with pytest.raises(TypeError, match="example_inputs must be a dict"):
+        biofx.transform(model, example_inputs=3)
+    with pytest.raises(CaptureError, match="do not fit Untraceable.forward"):
+        biofx.transform(model, example_inputs={"y": torch.randn(2, 2, 7)}, capture="export")
+    assert biofx.transform(model, example_inputs=(torch.randn(2, 2, 7),), capture="parts").bio_report.capture.startswith("fallback")
+
+
+def test_captured_graph_draws_with_bio_tags():
+    bio = biofx.transform(Untraceable(), example_inputs=(torch.randn(2, 2, 7),))
+    graph = biofx.to_networkx(bio)
+    mechanisms = {data["biofx"]["mechanism"] for _, data in graph.nodes(data=True) if data["biofx"]}
+    assert {"layer", "fuzzy"} <= mechanisms
+
+
+# -- Hugging Face transformers ------------------------------------------------------------
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def tiny(name):
+    t = transformers
+    if name == "bert":
+        return t.BertModel(t.BertConfig(vocab_size=100, max_position_embeddings=64, **SMALL))
+    if name == "gpt2":
+        return t.GPT2LMHeadModel(t.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64))
+    if name == "llama":
+        config = t.LlamaConfig(vocab_size=100, max_position_embeddings=64, num_key_value_heads=1, **SMALL)
+        return t.LlamaForCausalLM(config)
+    assert name == "vit"
+    return t.ViTForImageClassification(t.ViTConfig(image_size=16, patch_size=8, num_labels=3, **SMALL))
+
+
+def hf_inputs(name):
+    if name == "vit":
+        return {"pixel_values": torch.randn(4, 3, 16, 16)}
+    ids = torch.randint(0, 100, (4, 11))
+    mask = torch.ones_like(ids)
+    mask[1, -3:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def hf_loss(inputs):
+    def loss(model):
+        return model(**inputs)[0].square().mean()
+
+    return loss
+
+
+def layer_count(model):
+    return sum(biofx.layers.kind_of(m) is not None for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def bert():
+    torch.manual_seed(0)
+    model = tiny("bert")
+    return model, biofx.transform(model, **NEUTRAL)
+
+
+def test_bert_is_one_graph_with_original_names(bert):
+    model, bio = bert
+    report = bio.bio_report
+    assert isinstance(bio, biofx.BioGraphModule)
+    assert report.capture == "export (inputs: input_ids, attention_mask)"
+    assert len(report.converted) == layer_count(model) == 13 and report.plain == ()
+    assert "encoder.layer.0.attention.self.query.weight" in dict(bio.named_parameters())
+    assert bio.encoder is model.encoder  # the model's own modules: names and tied weights stay
+    assert bio.state_dict().keys() - model.state_dict().keys() == {k for k in bio.state_dict() if "biofx_state." in k}
+    model.load_state_dict(bio.plain_state_dict())
+
+
+def test_bert_matches_in_both_modes_and_other_shapes(bert):
+    model, bio = bert
+    outputs_match(model, bio, **hf_inputs("bert"))
+    outputs_match(model, bio, input_ids=torch.randint(0, 100, (1, 30)), attention_mask=torch.ones(1, 30, dtype=torch.long))
+
+
+def test_bert_trains(bert):
+    model, _ = bert
+    bio = biofx.transform(model, seed=0, example_inputs=hf_inputs("bert"))
+    loss = hf_loss(hf_inputs("bert"))
+    grads_carry_fuzzy(model, bio, loss)
+    sgd_step_changes_weights(bio, loss)
+
+
+@pytest.mark.slow  # two exports per model (5-15 s each on 2 CPU cores) and a compile
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "vit"])
+def test_transformers_are_one_graph_that_trains_and_compiles(name):
+    torch.manual_seed(0)
+    model = tiny(name)
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False  # the captured graph has no KV cache: compare like with like
+    inputs = hf_inputs(name)
+    bio = biofx.transform(model, **NEUTRAL)
+    assert isinstance(bio, biofx.BioGraphModule) and bio.bio_report.capture.startswith("export")
+    assert len(bio.bio_report.converted) == layer_count(model) and bio.bio_report.plain == ()
+    outputs_match(model, bio, **inputs)
+    trained = biofx.transform(model, seed=0)
+    grads_carry_fuzzy(model, trained, hf_loss(inputs))
+    sgd_step_changes_weights(trained, hf_loss(inputs))
+    bio.eval()
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(bio)(**inputs).graph_break_count == 0
+    compiled = torch.compile(bio, fullgraph=False)
+    torch.testing.assert_close(compiled(**inputs)[0], bio(**inputs)[0])
