@@ -82,30 +82,35 @@ def mode_value(training: bool, train: Any, eval: Any) -> Any:
 def default_inputs(model: nn.Module) -> Optional[dict]:
     """Example inputs for a Hugging Face model, or ``None`` for another model.
 
-    Text models get ``input_ids`` (3 × 5, ``model.dummy_inputs``) and an all-ones
-    ``attention_mask``; encoder-decoders also ``decoder_input_ids`` (3 × 4); image models a
-    ``pixel_values`` batch of ``config.image_size``.
+    Its main input: ``input_ids`` (3 × 5, ``model.dummy_inputs``) with an all-ones
+    ``attention_mask``; ``pixel_values`` (2 images of ``config.image_size``); Whisper's
+    ``input_features`` (2 × ``num_mel_bins`` × ``2·max_source_positions``). Encoder-decoders
+    also get ``decoder_input_ids`` (length 4: a length of its own).
     """
     config, name = getattr(model, "config", None), getattr(model, "main_input_name", None)
-    if config is None or name is None:
+    first = next(model.parameters(), None)
+    if config is None or first is None:
         return None
     params = inspect.signature(model.forward).parameters
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else None
+    ids = torch.tensor([[7, 6, 0, 0, 1], [1, 2, 3, 0, 0], [0, 0, 0, 4, 5]], device=first.device)
     if name == "input_ids":
-        ids = model.dummy_inputs["input_ids"].to(device)
         inputs = {"input_ids": ids}
         if "attention_mask" in params:
             inputs["attention_mask"] = torch.ones_like(ids)
-        if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
-            inputs["decoder_input_ids"] = ids[:, :4].clone()  # its own tensor and length
-        return inputs
-    if name == "pixel_values" and hasattr(config, "image_size"):
+    elif name == "pixel_values" and hasattr(config, "image_size"):
         size = config.image_size
         size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
         channels = getattr(config, "num_channels", 3)
-        return {"pixel_values": torch.randn(2, channels, *size, device=device, dtype=first.dtype)}
-    return None
+        inputs = {"pixel_values": torch.randn(2, channels, *size, device=first.device, dtype=first.dtype)}
+    elif name == "input_features" and hasattr(config, "num_mel_bins") and hasattr(config, "max_source_positions"):
+        shape = (2, config.num_mel_bins, 2 * config.max_source_positions)
+        inputs = {"input_features": torch.randn(shape, device=first.device, dtype=first.dtype)}
+    else:
+        return None
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+        batch = next(iter(inputs.values())).shape[0]
+        inputs["decoder_input_ids"] = ids[:batch, :4].clone()  # its own tensor and length
+    return inputs
 
 
 def export_graph(model: nn.Module, example_inputs: Any) -> Capture:

@@ -35,10 +35,8 @@ the call (pass its type in ``leaf_modules`` to keep it eager). ``concrete_args``
 root only. A layer converted on its own is bio where its ``forward`` is called; code that reads
 its ``.weight`` directly bypasses the bio nodes.
 
-``torch.export`` is not used as a further fallback: it needs example inputs (``transform``
-takes none), specializes shapes and the train/eval mode, and yields an ATen-level graph with
-parameters lifted to inputs and no ``call_module`` nodes, so the layer passes (which rewrite
-module calls and keep parameter names) would need a second implementation.
+``biofx.transform`` tries :mod:`biofx.capture` (the whole model with ``torch.export``)
+before this fallback; ``capture="parts"`` comes here directly.
 """
 
 from __future__ import annotations
