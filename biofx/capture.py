@@ -261,8 +261,11 @@ def _mode_mismatch(t: Optional[fx.Node], e: Optional[fx.Node]) -> str:
 
 # -- layer calls back to call_module --------------------------------------------------------
 def _collapse_layer_calls(graph: fx.Graph, model: nn.Module) -> dict:
-    """Replace the nodes of each layer call by ``call_module(layer, (x,))``; return plain reasons."""
-    calls: dict = {}
+    """Replace the nodes of each layer call by ``call_module(layer, (x,))``; return plain reasons.
+
+    A layer is collapsed at all its calls or at none, so no call bypasses its bio nodes.
+    """
+    calls: dict = {}  # nn_module_stack key (one per call) -> (path, module, nodes)
     for node in graph.nodes:
         if node.op != "call_function" or not node.meta.get(STACK):
             continue
@@ -270,8 +273,9 @@ def _collapse_layer_calls(graph: fx.Graph, model: nn.Module) -> dict:
         module = _submodule(model, path)
         if module is not None and kind_of(module) is not None:
             calls.setdefault(key, (path, module, []))[2].append(node)
-    params = {name: p for name, p in model.named_parameters(remove_duplicate=False)}
-    plain = {}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    sites: dict = {}  # path -> [(input, output, nodes)] for every call
+    plain: dict = {}
     for path, module, nodes in calls.values():
         members = set(nodes)
         own = {id(p) for p in module.parameters(recurse=False)}
@@ -280,23 +284,28 @@ def _collapse_layer_calls(graph: fx.Graph, model: nn.Module) -> dict:
             for node in nodes
             for arg in node.all_input_nodes
             if arg not in members
+            and (arg.op == "get_attr" or isinstance(arg.meta.get("val"), torch.Tensor))  # not a size
             and not (arg.op == "get_attr" and id(params.get(arg.target)) in own)
-            and isinstance(arg.meta.get("val"), torch.Tensor)
         }
         outputs = [node for node in nodes if any(user not in members for user in node.users)]
         if len(inputs) != 1 or len(outputs) != 1:
             plain[path] = (
-                f"its exported call has {len(inputs)} tensor input(s) and {len(outputs)} output(s), "
-                "not one of each"
+                f"a call of it has {len(inputs)} tensor input(s) and {len(outputs)} output(s) in the "
+                "exported graph, not one of each"
             )
+        sites.setdefault(path, []).append((*inputs, *outputs, nodes))
+    replaced: dict = {}  # a collapsed call's output -> its call_module (the input of a later call)
+    for path, calls_of_path in sites.items():
+        if path in plain:
             continue
-        (x,), (out,) = inputs, outputs
-        with graph.inserting_after(out):
-            site = graph.call_module(path, (x,))
-        site.meta.update({k: out.meta[k] for k in ("val", "stack_trace", STACK) if k in out.meta})
-        out.replace_all_uses_with(site)
-        for node in reversed(nodes):
-            graph.erase_node(node)
+        for x, out, nodes in calls_of_path:
+            with graph.inserting_after(out):
+                site = graph.call_module(path, (replaced.get(x, x),))
+            replaced[out] = site
+            site.meta.update({k: out.meta[k] for k in ("val", "stack_trace", STACK) if k in out.meta})
+            out.replace_all_uses_with(site)
+            for node in reversed(nodes):
+                graph.erase_node(node)
     for node in reversed(graph.nodes):  # weights and mode choices only the replaced nodes read
         if not node.users and (node.op == "get_attr" or node.target is mode_value):
             graph.erase_node(node)
@@ -338,6 +347,7 @@ def _module(model: nn.Module, exported: fx.GraphModule) -> fx.GraphModule:
             node.target = f"{LIFTED}.{name}"
     if lifted._buffers or lifted._modules or lifted._parameters:
         holder.add_module(LIFTED, lifted)
+    exported.graph._tracer_cls = None  # export's tracer cannot re-trace the code when unpickling
     gm = fx.GraphModule(holder, exported.graph, type(model).__name__)
     for name, child in holder._modules.items():  # the originals, not fx's partial copies
         gm._modules[name] = child

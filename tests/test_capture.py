@@ -5,6 +5,7 @@ outputs in eval and train mode (same seed, so the same dropout masks), gradients
 fuzzy multipliers, parameter names and ``state_dict``.
 """
 
+import copy
 import logging
 
 import pytest
@@ -13,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import biofx
+from biofx import ConfigMap
 from biofx.capture import CaptureError, mode_value
 
 NEUTRAL = dict(fuzzy_lr_distribution="baseline", seed=0)
@@ -127,6 +129,40 @@ def test_state_dict_round_trips_with_the_original():
     assert all(k.startswith("biofx_state.") for k in bio.state_dict().keys() - model.state_dict().keys())
 
 
+def test_layer_call_that_does_not_collapse_is_left_plain_with_the_reason():
+    class Scaled(nn.Linear):
+        def forward(self, x, scale):  # a second tensor input: not a plain layer call
+            return super().forward(x) * scale
+
+    class Model(Untraceable):
+        def __init__(self):
+            super().__init__()
+            self.scaled = Scaled(4, 4)
+
+        def forward(self, x):
+            h = super().forward(x)
+            return self.scaled(torch.cat([h, h[:, :1]], 1), h.sum())
+
+    model = Model().eval()
+    x = torch.randn(2, 2, 7)
+    bio = biofx.transform(model, example_inputs=(x,)).eval()
+    assert [layer.name for layer in bio.bio_report.converted] == ["conv", "fc", "head"]
+    assert "2 tensor input(s) and 1 output(s)" in dict(bio.bio_report.plain)["scaled"]
+    assert torch.equal(bio(x), model(x))
+
+
+def test_captured_model_deepcopies_and_pickles(tmp_path):
+    # conv left plain: a bio Conv's layer kind does not pickle yet (on the fx path neither)
+    bio = biofx.transform(Untraceable(), ConfigMap({"conv": None}), example_inputs=(torch.randn(2, 2, 7),)).eval()
+    x = torch.randn(3, 2, 5)
+    torch.save(bio, tmp_path / "bio.pt")
+    for other in (copy.deepcopy(bio), torch.load(tmp_path / "bio.pt", weights_only=False)):
+        assert len(other.bio_layers()) == 2 and other.bio_report.capture == "export (inputs: x)"
+        assert torch.equal(other.eval()(x), bio(x))
+        other.train()  # the mode choice still reads the copy's own flag
+        assert other.training and not bio.training
+
+
 def test_graph_that_differs_by_mode_is_not_exported():
     class ModeBranch(Untraceable):
         def forward(self, x):
@@ -190,7 +226,9 @@ def tiny(name):
     if name == "bert":
         return t.BertModel(t.BertConfig(vocab_size=100, max_position_embeddings=64, **SMALL))
     if name == "gpt2":
-        return t.GPT2LMHeadModel(t.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64))
+        # untied: a tied head's multiplier acts on the head's share of the gradient only
+        config = t.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, tie_word_embeddings=False)
+        return t.GPT2LMHeadModel(config)
     if name == "llama":
         config = t.LlamaConfig(vocab_size=100, max_position_embeddings=64, num_key_value_heads=1, **SMALL)
         return t.LlamaForCausalLM(config)
@@ -251,23 +289,34 @@ def test_bert_trains(bert):
     sgd_step_changes_weights(bio, loss)
 
 
+def compiles_without_graph_breaks(bio, inputs):
+    """``torch.compile(bio, fullgraph=False)``: no graph break, eager's outputs and gradients."""
+    bio.eval()
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(bio)(**inputs).graph_break_count == 0
+    compiled = torch.compile(bio, fullgraph=False, backend="aot_eager")  # Inductor: tests/test_compile.py
+    torch.testing.assert_close(compiled(**inputs)[0], bio(**inputs)[0])
+    compiled(**inputs)[0].square().mean().backward()
+    assert all(layer.weight.grad is not None for layer in bio.bio_layers()[:-1])
+
+
+@pytest.mark.slow  # a compile
+def test_bert_compiles_without_graph_breaks(bert):
+    compiles_without_graph_breaks(bert[1], hf_inputs("bert"))
+
+
 @pytest.mark.slow  # two exports per model (5-15 s each on 2 CPU cores) and a compile
-@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "vit"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "vit"])
 def test_transformers_are_one_graph_that_trains_and_compiles(name):
     torch.manual_seed(0)
     model = tiny(name)
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # the captured graph has no KV cache: compare like with like
     inputs = hf_inputs(name)
-    bio = biofx.transform(model, **NEUTRAL)
+    bio = biofx.transform(model, seed=0)
     assert isinstance(bio, biofx.BioGraphModule) and bio.bio_report.capture.startswith("export")
     assert len(bio.bio_report.converted) == layer_count(model) and bio.bio_report.plain == ()
     outputs_match(model, bio, **inputs)
-    trained = biofx.transform(model, seed=0)
-    grads_carry_fuzzy(model, trained, hf_loss(inputs))
-    sgd_step_changes_weights(trained, hf_loss(inputs))
-    bio.eval()
-    torch._dynamo.reset()
-    assert torch._dynamo.explain(bio)(**inputs).graph_break_count == 0
-    compiled = torch.compile(bio, fullgraph=False)
-    torch.testing.assert_close(compiled(**inputs)[0], bio(**inputs)[0])
+    grads_carry_fuzzy(model, bio, hf_loss(inputs))
+    sgd_step_changes_weights(bio, hf_loss(inputs))
+    compiles_without_graph_breaks(bio, inputs)
