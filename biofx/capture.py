@@ -63,7 +63,7 @@ class CaptureError(TraceError):
 @dataclasses.dataclass
 class Capture:
     """A captured model: the graph (layer calls as ``call_module``), its input names, and
-    ``(layer, reason)`` for layer calls that could not be made layer sites."""
+    ``{layer: reason}`` for layers whose calls could not be made layer sites."""
 
     gm: fx.GraphModule
     inputs: tuple
@@ -82,7 +82,7 @@ def mode_value(training: bool, train: Any, eval: Any) -> Any:
 def default_inputs(model: nn.Module) -> Optional[dict]:
     """Example inputs for a Hugging Face model, or ``None`` for another model.
 
-    Its main input: ``input_ids`` (3 × 5, ``model.dummy_inputs``) with an all-ones
+    Its main input: ``input_ids`` (3 × 5, Hugging Face's ``DUMMY_INPUTS``) with an all-ones
     ``attention_mask``; ``pixel_values`` (2 images of ``config.image_size``); Whisper's
     ``input_features`` (2 × ``num_mel_bins`` × ``2·max_source_positions``). Encoder-decoders
     also get ``decoder_input_ids`` (length 4: a length of its own).

@@ -264,6 +264,7 @@ def bert():
     return model, biofx.transform(model, seed=0)
 
 
+@pytest.mark.slow  # the fixture exports BERT twice (10-20 s)
 def test_bert_is_one_graph_with_original_names(bert):
     model, bio = bert
     report = bio.bio_report
@@ -276,12 +277,14 @@ def test_bert_is_one_graph_with_original_names(bert):
     model.load_state_dict(bio.plain_state_dict())
 
 
+@pytest.mark.slow  # the fixture exports BERT twice (10-20 s)
 def test_bert_matches_in_both_modes_and_other_shapes(bert):
     model, bio = bert
     outputs_match(model, bio, **hf_inputs("bert"))
     outputs_match(model, bio, input_ids=torch.randint(0, 100, (1, 30)), attention_mask=torch.ones(1, 30, dtype=torch.long))
 
 
+@pytest.mark.slow  # the fixture exports BERT twice (10-20 s)
 def test_bert_trains(bert):
     model, bio = bert
     loss = hf_loss(hf_inputs("bert"))
@@ -300,7 +303,7 @@ def compiles_without_graph_breaks(bio, inputs):
     assert all(layer.weight.grad is not None for layer in bio.bio_layers()[:-1])
 
 
-@pytest.mark.slow  # a compile
+@pytest.mark.slow  # the fixture and a compile
 def test_bert_compiles_without_graph_breaks(bert):
     compiles_without_graph_breaks(bert[1], hf_inputs("bert"))
 
