@@ -21,7 +21,8 @@ ATen ops. :func:`export_graph` turns that graph into the form the passes already
   BERT's SDPA gets ``dropout_p=0.1`` only in training). The model is exported in both modes;
   the two graphs must be the same up to literal arguments, and each literal that differs
   becomes ``mode_value(self.training, train_value, eval_value)``, so ``bio.train()`` /
-  ``bio.eval()`` behave as the original. Graphs that differ in structure raise
+  ``bio.eval()`` behave as the original (BatchNorm's train-only ``num_batches_tracked += 1``
+  becomes ``+= mode_value(self.training, 1, 0)``). Graphs that differ in structure raise
   :class:`CaptureError` (and :func:`biofx.transform` falls back to parts).
 * **Inputs.** Export needs example inputs; every dimension of every tensor is exported
   dynamic where the model allows it (``Dim.AUTO``), so other batch sizes and sequence lengths
@@ -182,13 +183,24 @@ def _first_line(err: Exception) -> str:
 def _merge_modes(train: fx.Graph, eval: fx.Graph) -> None:
     """Make ``train`` serve both modes: literals that differ from ``eval`` read ``self.training``.
 
-    A ``contiguous`` one mode records and the other does not (strides differ: SDPA with
-    dropout) is a copy of its input and is matched as that input.
+    Two differences beyond literals are understood: a ``contiguous`` one mode records and
+    the other does not (strides differ: SDPA with dropout) is a copy of its input and is
+    matched as that input; a count only training makes (BatchNorm's
+    ``num_batches_tracked += 1``) adds 0 in eval mode.
     """
     train_nodes, eval_nodes = list(train.nodes), list(eval.nodes)
     env: dict = {}  # eval node -> train node
     copies: dict = {}  # train-only contiguous -> its input
     training = None
+
+    def select(node: fx.Node, train_value: Any, eval_value: Any) -> fx.Node:
+        nonlocal training
+        if training is None:
+            with train.inserting_before(train_nodes[0]):
+                training = train.create_node("get_attr", "training")
+        with train.inserting_before(node):
+            return train.call_function(mode_value, (training, train_value, eval_value))
+
     i = j = 0
     while i < len(train_nodes) or j < len(eval_nodes):
         t = train_nodes[i] if i < len(train_nodes) else None
@@ -202,6 +214,10 @@ def _merge_modes(train: fx.Graph, eval: fx.Graph) -> None:
         elif e is not None and e.target in _COPIES:
             env[e] = env[e.args[0]]
             j += 1
+            continue
+        elif t is not None and _is_training_count(t):
+            t.args = (t.args[0], select(t, t.args[1], 0), *t.args[2:])
+            i += 1
             continue
         else:
             raise CaptureError(_mode_mismatch(t, e))
@@ -218,15 +234,20 @@ def _merge_modes(train: fx.Graph, eval: fx.Graph) -> None:
                 raise CaptureError(_mode_mismatch(t, e))
             if type(tv) is type(ev) and tv == ev:
                 return tv
-            nonlocal training
-            if training is None:
-                with train.inserting_before(train_nodes[0]):
-                    training = train.create_node("get_attr", "training")
-            with train.inserting_before(t):
-                return train.call_function(mode_value, (training, tv, ev))
+            return select(t, tv, ev)
 
         t.args = merge(t_args, e_args)
         t.kwargs = {k: merge(v, e_kwargs[k]) for k, v in t_kwargs.items()}
+
+
+def _is_training_count(node: fx.Node) -> bool:
+    """``buffer += number`` (BatchNorm's ``num_batches_tracked``), recorded in training only."""
+    return (
+        node.target is torch.ops.aten.add_.Tensor
+        and node.args[0].op == "get_attr"
+        and isinstance(node.args[1], (int, float))
+        and not node.users
+    )
 
 
 #: Ops that copy their input: recorded in one mode only when the strides differ.

@@ -112,6 +112,28 @@ def test_train_and_eval_share_one_graph():
     assert {n.args[1:] for n in selects} == {(0.5, 0.0), (True, False)}
 
 
+def test_batchnorm_counts_and_updates_its_statistics_in_training_only():
+    class Conv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            if x.dim() != 4:  # stops torch.fx
+                raise ValueError("expected images")
+            return self.fc(self.bn(self.conv(x)).mean((2, 3)))
+
+    model, x = Conv(), torch.randn(2, 3, 8, 8)
+    plain = copy.deepcopy(model)
+    bio = biofx.transform(model, example_inputs=(x,))  # shares model.bn: its statistics move
+    assert bio.bio_report.capture == "export (inputs: x)"
+    for training in (True, False, True):
+        assert torch.equal(bio.train(training)(x), plain.train(training)(x))
+        assert torch.equal(model.bn.running_var, plain.bn.running_var)
+        assert model.bn.num_batches_tracked == plain.bn.num_batches_tracked
+    assert plain.bn.num_batches_tracked == 2
+
+
 def test_gradients_and_sgd_step():
     model = Untraceable()
     x = torch.randn(4, 2, 7)
