@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import biofx
 from biofx import ConfigMap
-from biofx.capture import CaptureError, mode_value
+from biofx.capture import CaptureError, default_inputs, mode_value
 
 NEUTRAL = dict(fuzzy_lr_distribution="baseline", seed=0)
 
@@ -280,6 +280,21 @@ def hf_loss(inputs):
 
 def layer_count(model):
     return sum(biofx.layers.kind_of(m) is not None for m in model.modules())
+
+
+def test_default_inputs_of_hugging_face_models():
+    t = transformers
+    shapes = lambda model: {k: tuple(v.shape) for k, v in default_inputs(model).items()}  # noqa: E731
+    assert shapes(tiny("bert")) == {"input_ids": (3, 5), "attention_mask": (3, 5)}
+    assert shapes(tiny("vit")) == {"pixel_values": (2, 3, 16, 16)}
+    bart = t.BartModel(t.BartConfig(vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1,
+                                    encoder_attention_heads=2, decoder_attention_heads=2))
+    assert shapes(bart) == {"input_ids": (3, 5), "attention_mask": (3, 5), "decoder_input_ids": (3, 4)}
+    whisper = t.WhisperModel(t.WhisperConfig(vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1,
+                                             encoder_attention_heads=2, decoder_attention_heads=2, num_mel_bins=8,
+                                             max_source_positions=16, pad_token_id=0))
+    assert shapes(whisper) == {"input_features": (2, 8, 32), "decoder_input_ids": (2, 4)}
+    assert default_inputs(Untraceable()) is None
 
 
 @pytest.fixture(scope="module")
