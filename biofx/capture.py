@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import logging
 from typing import Any, Optional
 
 import torch
@@ -48,8 +47,6 @@ from torch.utils import _pytree as pytree
 
 from .layers import kind_of
 from .tracing import TraceError
-
-log = logging.getLogger("biofx")
 
 __all__ = ["CaptureError", "Capture", "export_graph", "default_inputs", "mode_value"]
 
@@ -126,10 +123,7 @@ def export_graph(model: nn.Module, example_inputs: Any) -> Capture:
     except TypeError as err:
         raise CaptureError(f"example_inputs do not fit {type(model).__name__}.forward: {err}") from err
     names = tuple(bound.arguments)
-    dynamic = {
-        name: pytree.tree_map(lambda v: {d: Dim.AUTO for d in range(v.dim())} if isinstance(v, torch.Tensor) else None, value)
-        for name, value in bound.arguments.items()
-    }
+    dynamic = {name: pytree.tree_map(_all_dims_dynamic, value) for name, value in bound.arguments.items()}
     graphs = {}
     modes = {m: m.training for m in model.modules()}
     # Hugging Face's KV cache is for generation and no pytree: keep it out (T5's stacks
@@ -160,6 +154,11 @@ def export_graph(model: nn.Module, example_inputs: Any) -> Capture:
     plain = _collapse_layer_calls(exported.graph, model)
     gm = _module(model, exported)
     return Capture(gm, names, plain)
+
+
+def _all_dims_dynamic(value: Any) -> Optional[dict]:
+    """Every dimension of a tensor dynamic where the model allows it (else specialized)."""
+    return {d: Dim.AUTO for d in range(value.dim())} if isinstance(value, torch.Tensor) else None
 
 
 def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:

@@ -84,8 +84,8 @@ def sgd_step_changes_weights(bio, loss):
     optimizer.step()
     assert torch.isfinite(value) and grads
     for layer in bio.bio_layers():
-        expected = before[layer.layer_name] - 0.1 * grads[layer.layer_name] if layer.layer_name in grads else before[layer.layer_name]
-        torch.testing.assert_close(layer.weight.detach(), expected)
+        step = 0.1 * grads[layer.layer_name] if layer.layer_name in grads else 0
+        torch.testing.assert_close(layer.weight.detach(), before[layer.layer_name] - step)
     assert any(not torch.equal(layer.weight, before[layer.layer_name]) for layer in bio.bio_layers())
 
 
@@ -230,7 +230,8 @@ def test_capture_arguments_are_checked():
         biofx.transform(model, example_inputs=3)
     with pytest.raises(CaptureError, match="do not fit Untraceable.forward"):
         biofx.transform(model, example_inputs={"y": torch.randn(2, 2, 7)}, capture="export")
-    assert biofx.transform(model, example_inputs=(torch.randn(2, 2, 7),), capture="parts").bio_report.capture.startswith("fallback")
+    parts = biofx.transform(model, example_inputs=(torch.randn(2, 2, 7),), capture="parts")
+    assert parts.bio_report.capture.startswith("fallback")
 
 
 def test_captured_graph_draws_with_bio_tags():
@@ -322,7 +323,8 @@ def test_bert_is_one_graph_with_original_names(bert):
 def test_bert_matches_in_both_modes_and_other_shapes(bert):
     model, bio = bert
     outputs_match(model, bio, **hf_inputs("bert"))
-    outputs_match(model, bio, input_ids=torch.randint(0, 100, (1, 30)), attention_mask=torch.ones(1, 30, dtype=torch.long))
+    ids = torch.randint(0, 100, (1, 30))
+    outputs_match(model, bio, input_ids=ids, attention_mask=torch.ones_like(ids))
 
 
 @pytest.mark.slow  # the fixture exports BERT twice (10-20 s)
