@@ -11,8 +11,9 @@ ATen ops. :func:`export_graph` turns that graph into the form the passes already
   ``node.meta["nn_module_stack"]`` (one key per call: ``...query@1`` is the second call)
   and its nodes (``aten.linear``; ``pad`` + ``conv2d``; Conv1D's ``view``/``addmm``/``view``)
   are collapsed back into one ``call_module`` node on its single input, exactly what
-  :class:`~biofx.tracing.BioTracer` produces. Plan and passes run unchanged. A call that does
-  not collapse (more than one tensor input) is reported plain with the reason.
+  :class:`~biofx.tracing.BioTracer` produces. Plan and passes run unchanged. A layer with a
+  call that does not collapse (a second tensor input) stays plain at all its calls, and the
+  report says why.
 * **Names.** The exported graph reads parameters with ``get_attr`` by their original paths
   (``encoder.layer.0.attention.self.query.weight``) and the captured module holds the
   model's own child modules, so parameter names, tied weights and ``state_dict`` are the
