@@ -37,10 +37,8 @@ the call (pass its type in ``leaf_modules`` to keep it eager). ``concrete_args``
 root only. A layer converted on its own is bio where its ``forward`` is called; code that reads
 its ``.weight`` directly bypasses the bio nodes.
 
-``torch.export`` is not used as a further fallback: it needs example inputs (``transform``
-takes none), specializes shapes and the train/eval mode, and yields an ATen-level graph with
-parameters lifted to inputs and no ``call_module`` nodes, so the layer passes (which rewrite
-module calls and keep parameter names) would need a second implementation.
+``biofx.transform`` tries :mod:`biofx.capture` (the whole model with ``torch.export``)
+before this fallback; ``capture="parts"`` comes here directly.
 """
 
 from __future__ import annotations
@@ -309,11 +307,13 @@ def _merge(model, parts, converted, eager, leaves) -> FallbackReport:
     for name, module in convertible_modules(model):
         if name not in known:
             plain.append((name, _why_not(model, name, leaves)))
+    paths = tuple(path for part in parts for path in part.paths)
     return FallbackReport(
         tuple(layers),
         tuple(plain),
         tuple(passes.items()),
-        parts=tuple(path for part in parts for path in part.paths),
+        capture=f"fallback ({len(paths)} parts)",
+        parts=paths,
         eager=tuple(eager),
     )
 

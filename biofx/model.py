@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import torch
 import torch.fx as fx
+from torch.utils import _pytree as pytree
 
 from .mechanisms import dale
 from .state import RANK_LOCAL_BUFFERS, BioSynapses
@@ -234,6 +235,8 @@ class BioGraphModule(BioMethods, fx.GraphModule):
     def __reduce__(self):
         reducer, (body, import_block) = super().__reduce__()
         body["_graphmodule_cls_name"] = type(self).__name__
+        if isinstance(self.graph._codegen, fx.graph._PyTreeCodeGen):  # a torch.export capture
+            body["_biofx_codegen"] = self.graph._codegen
         return (_rebuild, (body, import_block))
 
 
@@ -243,14 +246,24 @@ def _bio_key(key: str) -> bool:
 
 
 def _rebuild(body: dict, import_block: str) -> BioGraphModule:
-    """Unpickle a :class:`BioGraphModule` (``torch.save(model)`` / ``torch.load``)."""
+    """Unpickle a :class:`BioGraphModule` (``torch.save(model)`` / ``torch.load``).
+
+    Unpickling re-traces the code; a captured graph's input/output pytree handling
+    (``biofx.capture``: a Hugging Face ``ModelOutput`` comes back as one) is restored after.
+    """
     from torch.fx.graph_module import _deserialize_graph_module, _forward_from_src
 
     forward = _forward_from_src(import_block + body["_code"], {})
+    codegen = body.pop("_biofx_codegen", None)
     source = torch.nn.Module.__new__(torch.nn.Module)
     source.__dict__.update(body)
     gm = _deserialize_graph_module(forward, body, graph_module_cls=BioGraphModule)
     gm.keep_state(source)
+    if codegen is not None:  # the re-trace flattened the inputs and made the output a dict
+        output = gm.graph.output_node()
+        output.args = (tuple(pytree.tree_leaves(output.args[0])),)
+        gm.graph._codegen = codegen
+        gm.recompile()
     return gm
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from . import capture as capture_
 from . import hooks
 from .config import BioConfig, ConfigMap
 from .layers import kind_of
@@ -25,6 +26,9 @@ from .passes.plan import check_initialized, check_weight_flow, log_plain, plan_s
 from .tracing import trace
 
 __all__ = ["transform", "TransformReport", "LayerReport"]
+
+#: The choices of ``transform(capture=...)``.
+CAPTURES = ("auto", "export", "parts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +54,10 @@ class TransformReport:
     converted: tuple
     plain: tuple  # (name, reason)
     passes: tuple  # (pass name, nodes inserted)
+    capture: str = "fx"  # how the graph was captured: "fx", "export (inputs: ...)", "fallback (N parts)"
 
     def __str__(self) -> str:
-        lines = [f"biofx converted {len(self.converted)} layer(s):"]
+        lines = [f"biofx converted {len(self.converted)} layer(s), captured by {self.capture}:"]
         for layer in self.converted:
             mech = ", ".join(layer.mechanisms) or "-"
             lines.append(f"  {layer.name or '<root>'} ({layer.kind} {list(layer.weight_shape)}): {mech}")
@@ -68,6 +73,8 @@ def transform(
     *,
     leaf_modules: Iterable[type] = (),
     concrete_args: Optional[dict] = None,
+    example_inputs: Any = None,
+    capture: str = "auto",
     **overrides: Any,
 ) -> BioGraphModule:
     """Rewrite every Linear/Conv layer of ``model`` into its bio equivalent.
@@ -78,17 +85,28 @@ def transform(
             config per layer (``None``: defaults).
         leaf_modules: extra module types to keep whole when tracing.
         concrete_args: as for ``torch.fx.symbolic_trace``.
+        example_inputs: inputs for ``torch.export`` when the model does not trace with
+            ``torch.fx`` (a dict of keyword arguments, a tuple of positional ones, or a
+            tensor); Hugging Face models have defaults (:func:`biofx.capture.default_inputs`).
+            The exported graph takes exactly these inputs, with any batch size and length.
+        capture: ``"auto"`` (``torch.fx``, else ``torch.export`` when example inputs are given
+            or known, else the fallback in parts), ``"export"`` (``torch.export`` only, errors
+            raised) or ``"parts"`` (``torch.fx``, else the fallback: eager glue that takes any
+            inputs).
         **overrides: BioConfig fields overriding ``config`` (for a ConfigMap: every config in it).
 
     Returns:
         A :class:`BioGraphModule` with the model-level bio methods; its ``bio_report`` lists
-        what was converted and what was left plain, and why. A model that does not trace
-        whole comes back as a ``Bio<Name>`` copy of its containers whose traceable parts are
-        BioGraphModules (:mod:`biofx.fallback`), with the same methods and report.
+        what was converted and what was left plain, and why, and how the graph was captured
+        (:mod:`biofx.capture`). A model captured by neither comes back as a ``Bio<Name>``
+        copy of its containers whose traceable parts are BioGraphModules
+        (:mod:`biofx.fallback`), with the same methods and report.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"biofx.transform expects an nn.Module, got {type(model).__name__}")
     leaf_modules = _check_leaf_modules(leaf_modules)
+    if capture not in CAPTURES:
+        raise ValueError(f"capture must be one of {', '.join(map(repr, CAPTURES))}, got {capture!r}")
     if isinstance(model, BioMethods):
         raise ValueError("this model is already transformed by biofx; transform the original model instead")
     config_map = _config_map(config, overrides)
@@ -101,29 +119,40 @@ def transform(
             "compiled TorchScript cannot be rewritten. Transform the Python model (before torch.jit.script) "
             "and use torch.compile on the result."
         )
+    label = "fx"
     if kind_of(model) is not None:
         gm, layers, plain = _single_layer(model, config_map)
     else:
         from . import fallback  # imported here: fallback builds on this module
 
-        try:
-            gm = trace(model, leaf_modules, concrete_args)
-        except fallback.TraceError as err:  # not whole: convert the parts that trace
-            return fallback.transform_parts(model, config_map, seed, err, leaf_modules)
+        error, extra = None, {}
+        if capture != "export":
+            try:
+                gm = trace(model, leaf_modules, concrete_args)
+            except fallback.TraceError as err:  # not whole: export it, else convert the parts that trace
+                error = err
+        if capture == "export" or error is not None:
+            captured = _export(model, example_inputs, capture)
+            if captured is None:
+                return fallback.transform_parts(model, config_map, seed, error, leaf_modules)
+            gm, extra, label = captured.gm, captured.plain, captured.label
         layers, plain = plan_layers(gm, config_map, model)
+        plain = [(name, extra.get(name, reason)) for name, reason in plain]
     for layer in layers:
         layer.seed = layer.config.seed if layer.config.seed is not None else seed
-    bio = build(gm, layers, plain, type(model).__name__)
+    bio = build(gm, layers, plain, type(model).__name__, capture=label)
     log_plain(plain)
     hooks.install()
     return bio
 
 
-def build(gm: fx.GraphModule, layers: list, plain: list, name: str, prefix: str = "") -> BioGraphModule:
+def build(
+    gm: fx.GraphModule, layers: list, plain: list, name: str, prefix: str = "", capture: str = "fx"
+) -> BioGraphModule:
     """Run the passes on a traced and planned graph and return the bio model.
 
     ``prefix``: the module path of ``gm`` in a larger model (state modules name their layers
-    by full path).
+    by full path); ``capture``: how ``gm`` was captured, for the report.
     """
     results = run_passes(gm, layers)
     check_weight_flow(gm, layers)
@@ -138,8 +167,32 @@ def build(gm: fx.GraphModule, layers: list, plain: list, name: str, prefix: str 
         state.layer_name = f"{prefix}.{layer.name}" if prefix and layer.name else prefix or layer.name
         if layer.config.apply_dales_principle and not state.weight.is_meta:  # meta: in reset_bio_state()
             state.dale_initialize()
-    bio.bio_report = _report(bio, layers, plain, results)
+    bio.bio_report = _report(bio, layers, plain, results, capture)
     return bio
+
+
+def _export(model: nn.Module, example_inputs: Any, mode: str):
+    """The model captured whole by ``torch.export`` (a :class:`~biofx.capture.Capture`), or
+    ``None`` for the fallback (``mode="export"``: raise instead)."""
+    if mode == "parts":
+        return None
+    if example_inputs is None:
+        example_inputs = capture_.default_inputs(model)
+    if example_inputs is None:
+        if mode == "export":
+            raise ValueError(
+                f"capture='export' needs example inputs for {type(model).__name__}: pass "
+                "example_inputs={'name': tensor, ...} (or a tuple of positional inputs)"
+            )
+        log.info("biofx: no example inputs for torch.export (pass example_inputs=); converting in parts")
+        return None
+    try:
+        return capture_.export_graph(model, example_inputs)
+    except capture_.CaptureError as err:
+        if mode == "export":
+            raise
+        log.warning("biofx: %s; converting in parts instead", err)
+        return None
 
 
 def _check_leaf_modules(leaf_modules) -> tuple:
@@ -187,7 +240,7 @@ def _single_layer(model: nn.Module, config_map: ConfigMap):
     return gm, [layer], []
 
 
-def _report(bio: BioGraphModule, layers: list, plain: list, results: list) -> TransformReport:
+def _report(bio: BioGraphModule, layers: list, plain: list, results: list, capture: str) -> TransformReport:
     converted = []
     for layer in layers:
         state = bio.biofx_state[layer.state_key]
@@ -212,4 +265,4 @@ def _report(bio: BioGraphModule, layers: list, plain: list, results: list) -> Tr
             )
         )
     passes = tuple((r.name, len(r.inserted)) for r in results)
-    return TransformReport(tuple(converted), tuple(plain), passes)
+    return TransformReport(tuple(converted), tuple(plain), passes, capture)

@@ -226,6 +226,8 @@ def test_fallback_model_trains_with_explicit_methods():
 
 
 # -- Hugging Face transformers ------------------------------------------------------------
+# capture="parts": these test the fallback on Hugging Face models; tests/test_capture.py
+# tests their whole-graph capture with torch.export.
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 from transformers.pytorch_utils import Conv1D  # noqa: E402
@@ -254,7 +256,7 @@ def bio_weights(bio):
 
 def test_bert_converts_every_linear_in_parts():
     model = tiny_bert()
-    bio = biofx.transform(model)
+    bio = biofx.transform(model, capture="parts")
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     assert len(linears) == 13
     assert [layer.name for layer in bio.bio_report.converted] == linears and bio.bio_report.plain == ()
@@ -267,7 +269,7 @@ def test_bert_converts_every_linear_in_parts():
 
 def test_gpt2_converts_every_conv1d_and_linear():
     model = tiny_gpt2()
-    bio = biofx.transform(model)
+    bio = biofx.transform(model, capture="parts")
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
     assert len(layers) == 9
     assert sorted(layer.name for layer in bio.bio_report.converted) == sorted(layers)
@@ -284,7 +286,7 @@ def test_neutral_transform_keeps_outputs_bit_identical(make):
     mask = torch.ones_like(ids)
     mask[1, -3:] = 0
     expected = model(input_ids=ids, attention_mask=mask)[0]
-    bio = biofx.transform(model, **NEUTRAL).eval()
+    bio = biofx.transform(model, **NEUTRAL, capture="parts").eval()
     assert torch.equal(bio(input_ids=ids, attention_mask=mask)[0], expected)
 
 
@@ -298,7 +300,7 @@ def test_neutral_transform_keeps_outputs_bit_identical_on_cuda(make):
     model = make().cuda().eval()
     ids = torch.randint(0, 100, (2, 9), device="cuda")
     expected = model(input_ids=ids)[0]
-    bio = biofx.transform(model, **NEUTRAL).eval()
+    bio = biofx.transform(model, **NEUTRAL, capture="parts").eval()
     assert torch.equal(bio(input_ids=ids)[0], expected)
 
 
@@ -310,7 +312,7 @@ def test_gradients_carry_fuzzy_multipliers(make):
     model(input_ids=ids)[0].square().mean().backward()
     plain = {id(p): p.grad for p in model.parameters()}
     model.zero_grad(set_to_none=True)
-    bio = biofx.transform(model, seed=0, acts_on="gradient").eval()  # shares the parameters
+    bio = biofx.transform(model, seed=0, acts_on="gradient", capture="parts").eval()  # shares the parameters
     bio(input_ids=ids)[0].square().mean().backward()
     for layer in bio.bio_layers():
         expected = plain[id(layer.weight)]
@@ -323,7 +325,7 @@ def test_gradients_carry_fuzzy_multipliers(make):
 
 def test_dale_on_hf_conv1d_constrains_input_rows():
     """Conv1D stores [in, out]: all outgoing weights of input unit j (row j) share one sign."""
-    bio = biofx.transform(tiny_gpt2(), apply_dales_principle=True)
+    bio = biofx.transform(tiny_gpt2(), apply_dales_principle=True, capture="parts")
     bio.enforce_dales_principle()
     for layer in bio.bio_layers():
         w = layer.weight.detach()
@@ -333,7 +335,7 @@ def test_dale_on_hf_conv1d_constrains_input_rows():
 
 def test_weight_splitting_error_names_the_full_path():
     with pytest.raises(ValueError, match=r"\(37\) of layer .encoder\.layer\.0\.intermediate\.dense."):
-        biofx.transform(tiny_bert(intermediate=37), weight_splitting_Gamma=2)
+        biofx.transform(tiny_bert(intermediate=37), weight_splitting_Gamma=2, capture="parts")
 
 
 FULL = dict(automatic=("fuzzy", "volume", "crystallize", "scaling"), apply_dales_principle=True,
@@ -345,13 +347,13 @@ def test_training_steps_lower_the_loss(name):
     torch.manual_seed(0)
     ids = torch.randint(0, 100, (4, 12))
     if name == "bert":
-        bio = biofx.transform(tiny_bert(intermediate=64, classes=3), **FULL)
+        bio = biofx.transform(tiny_bert(intermediate=64, classes=3), **FULL, capture="parts")
         labels = torch.tensor([0, 1, 2, 1])
 
         def loss():
             return bio(input_ids=ids, labels=labels).loss
     else:
-        bio = biofx.transform(tiny_gpt2(), **FULL)
+        bio = biofx.transform(tiny_gpt2(), **FULL, capture="parts")
 
         def loss():
             return bio(input_ids=ids, labels=ids).loss
@@ -374,7 +376,7 @@ def test_training_steps_lower_the_loss(name):
 
 def test_hf_model_deepcopy_and_pickle_keep_working(tmp_path):
     model = tiny_gpt2()
-    bio = biofx.transform(model, seed=0).eval()
+    bio = biofx.transform(model, seed=0, capture="parts").eval()
     ids = torch.randint(0, 100, (2, 5))
     clone = copy.deepcopy(bio)
     path = tmp_path / "gpt2.pt"
