@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Any, Iterable, Optional, Union
 
@@ -23,6 +24,8 @@ from .model import BioGraphModule, BioMethods, keep_state
 from .passes import BioLayer, plan_layers, run_passes
 from .passes import tags
 from .passes.plan import check_initialized, check_weight_flow, log_plain, plan_splitting
+
+log = logging.getLogger("biofx")
 from .tracing import trace
 
 __all__ = ["transform", "TransformReport", "LayerReport"]
@@ -89,10 +92,10 @@ def transform(
             ``torch.fx`` (a dict of keyword arguments, a tuple of positional ones, or a
             tensor); Hugging Face models have defaults (:func:`biofx.capture.default_inputs`).
             The exported graph takes exactly these inputs, with any batch size and length.
-        capture: ``"auto"`` (``torch.fx``, else ``torch.export`` when example inputs are given
-            or known, else the fallback in parts), ``"export"`` (``torch.export`` only, errors
-            raised) or ``"parts"`` (``torch.fx``, else the fallback: eager glue that takes any
-            inputs).
+        capture: ``"auto"`` (``torch.fx``, else ``torch.export`` when ``example_inputs`` are
+            given, else the fallback in parts), ``"export"`` (``torch.export`` only, with the
+            Hugging Face default inputs when none are given; errors raised) or ``"parts"``
+            (``torch.fx``, else the fallback: eager glue that takes any inputs).
         **overrides: BioConfig fields overriding ``config`` (for a ConfigMap: every config in it).
 
     Returns:
@@ -175,6 +178,12 @@ def _export(model: nn.Module, example_inputs: Any, mode: str):
     """The model captured whole by ``torch.export`` (a :class:`~biofx.capture.Capture`), or
     ``None`` for the fallback (``mode="export"``: raise instead)."""
     if mode == "parts":
+        return None
+    if example_inputs is None and mode == "auto":
+        # An exported graph takes exactly its example's inputs: without the user's own batch
+        # (a tokenizer's token_type_ids, labels, ...) the parts, which take any inputs, are safer.
+        log.info("biofx: pass example_inputs= (one batch) to capture %s whole with torch.export; "
+                 "converting in parts", type(model).__name__)
         return None
     if example_inputs is None:
         example_inputs = capture_.default_inputs(model)

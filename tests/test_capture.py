@@ -137,7 +137,7 @@ def test_batchnorm_counts_and_updates_its_statistics_in_training_only():
 def test_gradients_and_sgd_step():
     model = Untraceable()
     x = torch.randn(4, 2, 7)
-    bio = biofx.transform(model, example_inputs=(x,), seed=0)
+    bio = biofx.transform(model, example_inputs=(x,), acts_on="gradient", seed=0)
 
     def loss(m):
         return m(x).square().mean()
@@ -148,7 +148,7 @@ def test_gradients_and_sgd_step():
 
 def test_state_dict_round_trips_with_the_original():
     model = Untraceable()
-    bio = biofx.transform(model, example_inputs=(torch.randn(2, 2, 7),))
+    bio = biofx.transform(model, example_inputs=(torch.randn(2, 2, 7),), acts_on="gradient")
     plain = Untraceable()
     plain.load_state_dict(bio.plain_state_dict())  # strict: the same keys
     bio.load_state_dict(plain.state_dict())  # a plain checkpoint loads into the bio model
@@ -235,7 +235,7 @@ def test_capture_arguments_are_checked():
 
 
 def test_captured_graph_draws_with_bio_tags():
-    bio = biofx.transform(Untraceable(), example_inputs=(torch.randn(2, 2, 7),))
+    bio = biofx.transform(Untraceable(), example_inputs=(torch.randn(2, 2, 7),), acts_on="gradient")
     graph = biofx.to_networkx(bio)
     mechanisms = {data["biofx"]["mechanism"] for _, data in graph.nodes(data=True) if data["biofx"]}
     assert {"layer", "fuzzy"} <= mechanisms
@@ -303,7 +303,7 @@ def bert():
     """A tiny BERT and its bio model (fuzzy rates only act on gradients: outputs stay equal)."""
     torch.manual_seed(0)
     model = tiny("bert")
-    return model, biofx.transform(model, seed=0)
+    return model, biofx.transform(model, capture="export", acts_on="gradient", seed=0)
 
 
 @pytest.mark.slow  # the fixture exports BERT twice (10-20 s)
@@ -360,7 +360,7 @@ def test_transformers_are_one_graph_that_trains_and_compiles(name):
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # the captured graph has no KV cache: compare like with like
     inputs = hf_inputs(name)
-    bio = biofx.transform(model, seed=0)
+    bio = biofx.transform(model, capture="export", acts_on="gradient", seed=0)  # Hugging Face's default inputs
     assert isinstance(bio, biofx.BioGraphModule) and bio.bio_report.capture.startswith("export")
     assert len(bio.bio_report.converted) == layer_count(model) and bio.bio_report.plain == ()
     outputs_match(model, bio, **inputs)
