@@ -163,6 +163,7 @@ class BioSynapses(nn.Module):
         self._step = int(self.step)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._shard()  # under FSDP a checkpoint's fuzzy_lr is a DTensor sharded like the weight
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._sync_counters()  # one sync at load time, none per step
 

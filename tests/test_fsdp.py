@@ -144,7 +144,10 @@ def _worker(rank, port, out_dir, fused):
             fully_shard(bio, mesh=mesh)
             trajectory = run(mode, bio, rank)
             local_rows = bio.biofx_state.fc2.fuzzy_lr.to_local().shape[0]  # the multipliers are sharded
-            torch.save((trajectory, local_rows), os.path.join(out_dir, f"{mode}-rank{rank}.pt"))
+            resumed = make(mode)  # a fresh sharded model loads the sharded checkpoint
+            fully_shard(resumed, mesh=mesh)
+            resumed.load_state_dict(bio.state_dict())
+            torch.save((trajectory, local_rows, gathered(resumed)), os.path.join(out_dir, f"{mode}-rank{rank}.pt"))
         torch.save(_errors(mesh), os.path.join(out_dir, f"errors-rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -188,7 +191,7 @@ def _load(spawned, name):
 
 @pytest.mark.parametrize("mode", list(CONFIGS))
 def test_fsdp_equals_one_process_on_the_full_batch(spawned, mode):
-    (rank0, rows0), (rank1, rows1) = _load(spawned, mode)
+    (rank0, rows0, resumed0), (rank1, rows1, _) = _load(spawned, mode)
     assert (rows0, rows1) == (3, 2)  # each rank holds its rows of fc2's multipliers only
     full = run(mode, make(mode))
     initial = make(mode).state_dict()
@@ -199,6 +202,7 @@ def test_fsdp_equals_one_process_on_the_full_batch(spawned, mode):
             assert torch.equal(a[key], b[key]), (step, key)
             torch.testing.assert_close(a[key], one[key], rtol=1e-5, atol=1e-6, msg=f"{step} {key}")
     last = rank0[-1][0]
+    assert resumed0.keys() == last.keys() and all(torch.equal(resumed0[k], last[k]) for k in last)
     assert int(last["biofx_state.fc1.step"]) == STEPS
     assert int(last["biofx_state.fc1.rejuvenations"]) == (STEPS if mode == "explicit" else STEPS // 2)
     changed = [k for k in last if k.endswith("fuzzy_lr") and not torch.equal(last[k], initial[k])]
