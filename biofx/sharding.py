@@ -43,6 +43,7 @@ class Layout:
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (a shard of a larger tensor on each rank)."""
     return DTensor is not None and isinstance(tensor, DTensor)
 
 
