@@ -163,7 +163,10 @@ class BioSynapses(nn.Module):
         self._step = int(self.step)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self._shard()  # under FSDP a checkpoint's fuzzy_lr is a DTensor sharded like the weight
+        where = self._shard()  # under FSDP, fuzzy_lr is sharded like the weight before it loads
+        key = prefix + "fuzzy_lr"
+        if where is not None and key in state_dict and not sharding.is_sharded(state_dict[key]):
+            state_dict[key] = sharding.shard_like(state_dict[key], where)  # a whole one: this rank's rows
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._sync_counters()  # one sync at load time, none per step
 
@@ -437,8 +440,8 @@ class BioSynapses(nn.Module):
         return self.weight.abs().sum()
 
     def state_bytes(self) -> int:
-        """Bytes of bio state this layer holds."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        """Bytes of bio state this layer holds (on this rank, under FSDP)."""
+        return sum(sharding.local(b).numel() * b.element_size() for b in self.buffers())
 
     def advance(self) -> None:
         """Host-side bookkeeping after an optimizer step (the tensor ``step`` is advanced in bulk)."""

@@ -127,6 +127,20 @@ def _errors(mesh):
     return errors
 
 
+def _resumed(mode, mesh, bio, whole):
+    """Fresh sharded models loading ``bio``'s sharded state dict (``load_state_dict``) and the
+    whole one (``torch.distributed.checkpoint``'s full state dict), gathered."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    sharded, full = make(mode), make(mode)
+    for model in (sharded, full):
+        fully_shard(model, mesh=mesh)
+    sharded.load_state_dict(bio.state_dict())
+    set_model_state_dict(full, {k: v.clone() for k, v in whole.items()}, options=StateDictOptions(full_state_dict=True))
+    return gathered(sharded), gathered(full)
+
+
 def _worker(rank, port, out_dir, fused):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -144,10 +158,8 @@ def _worker(rank, port, out_dir, fused):
             fully_shard(bio, mesh=mesh)
             trajectory = run(mode, bio, rank)
             local_rows = bio.biofx_state.fc2.fuzzy_lr.to_local().shape[0]  # the multipliers are sharded
-            resumed = make(mode)  # a fresh sharded model loads the sharded checkpoint
-            fully_shard(resumed, mesh=mesh)
-            resumed.load_state_dict(bio.state_dict())
-            torch.save((trajectory, local_rows, gathered(resumed)), os.path.join(out_dir, f"{mode}-rank{rank}.pt"))
+            torch.save((trajectory, local_rows, _resumed(mode, mesh, bio, trajectory[-1][0])),
+                       os.path.join(out_dir, f"{mode}-rank{rank}.pt"))
         torch.save(_errors(mesh), os.path.join(out_dir, f"errors-rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -202,7 +214,8 @@ def test_fsdp_equals_one_process_on_the_full_batch(spawned, mode):
             assert torch.equal(a[key], b[key]), (step, key)
             torch.testing.assert_close(a[key], one[key], rtol=1e-5, atol=1e-6, msg=f"{step} {key}")
     last = rank0[-1][0]
-    assert resumed0.keys() == last.keys() and all(torch.equal(resumed0[k], last[k]) for k in last)
+    for state in resumed0:  # checkpoints load into a sharded model: sharded ones and whole ones
+        assert state.keys() == last.keys() and all(torch.equal(state[k], last[k]) for k in last)
     assert int(last["biofx_state.fc1.step"]) == STEPS
     assert int(last["biofx_state.fc1.rejuvenations"]) == (STEPS if mode == "explicit" else STEPS // 2)
     changed = [k for k in last if k.endswith("fuzzy_lr") and not torch.equal(last[k], initial[k])]
