@@ -27,7 +27,7 @@ import torch.nn as nn
 
 import biofx
 import biofx.kernels
-from biofx.config import Distribution
+from biofx.config import BioConfig, ConfigMap, Distribution
 
 pytestmark = [
     pytest.mark.slow,  # two spawned processes: about 10-20 s
@@ -48,7 +48,7 @@ CONFIGS = {
     # crystallization on each shard's gradient, ACTIVITY rates redrawn row by row, DANN interneurons
     "gradient": dict(COMMON, acts_on="gradient", automatic=("fuzzy", "volume", "crystallize"),
                      fuzzy_lr_distribution=Distribution.ACTIVITY, fuzzy_lr_dynamic=True, fuzzy_lr_update_freq=2),
-    # the explicit methods on each shard's .grad and weights
+    # the explicit methods on each shard's .grad and weights; fc2 with weight splitting (Γ = 5)
     # (rejuvenate_weights() after every step)
     "explicit": dict(COMMON, automatic=(), rejuvenate_every=0, synaptic_scaling_gamma=0.05, dale_mode="column"),
 }
@@ -68,7 +68,10 @@ class Net(nn.Module):
 
 def make(mode):
     torch.manual_seed(0)
-    return biofx.transform(Net(), **CONFIGS[mode])
+    config = BioConfig(**CONFIGS[mode])
+    if mode == "explicit":
+        config = ConfigMap({"fc2": config.replace(weight_splitting_Gamma=5)}, default=config)
+    return biofx.transform(Net(), config)
 
 
 def batches():
@@ -222,6 +225,7 @@ def test_fsdp_equals_one_process_on_the_full_batch(spawned, mode):
     assert changed  # crystallization (and the ACTIVITY redraw) acted on the multipliers
     if mode == "explicit":
         assert sum(count for _, count in rank0) > 0  # rejuvenation replaced weights
+        assert "weight_split" in make(mode).code
 
 
 def test_whole_layer_operations_raise_under_fsdp(spawned):
