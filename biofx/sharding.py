@@ -11,7 +11,10 @@ rank owns a block of whole rows, and the elementwise mechanisms act on that bloc
 * statistics over the whole layer (``max|W|``, ``mean|W|``) are all-reduced over the ranks
   that hold the shards.
 
-A plain tensor has no :class:`Layout` (``None``): every helper then returns its input whole.
+A plain tensor has no :class:`Layout` (``None``): :func:`local`, :func:`local_rows` and
+:func:`full` return it unchanged. The layer statistics (:func:`layer_max`, :func:`layer_mean`,
+:func:`layer_sum`) are for shards only: for a whole weight the mechanism takes its own, inside
+its fused kernel.
 """
 
 from __future__ import annotations
