@@ -10,6 +10,7 @@ All are graph leaves (``biofx._leaf``), so re-tracing a bio model keeps them as 
 from __future__ import annotations
 
 import torch
+from . import sharding
 from ._leaf import graph_leaf
 
 from .mechanisms import dale, fuzzy, volume
@@ -63,8 +64,11 @@ class _VolumeGrad(torch.autograd.Function):
 
 @graph_leaf("fuzzy")
 def fuzzy_grad(weight: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
-    """Identity forward; backward ``g ← g·f`` (synaptic diversity)."""
-    return _FuzzyGrad.apply(weight, multipliers)
+    """Identity forward; backward ``g ← g·f`` (synaptic diversity).
+
+    Under FSDP the weight is whole here and ``f`` sharded: it is gathered (:func:`biofx.sharding.full`).
+    """
+    return _FuzzyGrad.apply(weight, sharding.full(multipliers))
 
 
 @graph_leaf("volume")

@@ -71,37 +71,39 @@ def stream_seed(key: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.
     return mix64(mix64(key + _signed(stream * GAMMA % (1 << 64))) + counter * GAMMA)
 
 
-def bits(numel: int, key: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:
-    """``mix64(mix64(s + b))`` for blocks ``b = 0 … numel − 1`` (int64, all 64 bits random).
+def bits(numel: int, key: torch.Tensor, counter: torch.Tensor, stream: int, start: int = 0) -> torch.Tensor:
+    """``mix64(mix64(s + b))`` for blocks ``b = start … start + numel − 1`` (int64, all 64 bits random).
 
     ``key`` and ``counter`` are 0-d int64 tensors on the target device.
     """
-    block = torch.arange(numel, device=key.device, dtype=torch.int64)
+    block = torch.arange(numel, device=key.device, dtype=torch.int64) + start
     return mix64(mix64(stream_seed(key, counter, stream) + block))
 
 
-def uniform(shape: torch.Size, key: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:
+def uniform(shape: torch.Size, key: torch.Tensor, counter: torch.Tensor, stream: int, offset: int = 0) -> torch.Tensor:
     """U(0, 1) float32 samples in [2**-24, 1 − 2**-24], never 0 or 1 (23-bit resolution).
 
     Element ``2b`` takes bits 41-63 of block b's hash and element ``2b + 1`` bits 9-31.
     ``k + 0.5`` is exact in float32 only for ``k < 2**23``; with 24 bits the top value would
-    round to 1.0 (and the normal draw to +inf).
+    round to 1.0 (and the normal draw to +inf). With ``offset``, the draws are those of flat
+    elements ``offset … offset + numel − 1`` of a larger tensor (a shard draws its own slice).
     """
     shape = torch.Size(shape)
     numel = shape.numel()
-    h = bits((numel + 1) // 2, key, counter, stream)
-    k = torch.stack([_srl(h, 41), (h >> 9) & _BITS23], dim=-1).reshape(-1)[:numel]
+    first = offset % 2  # the shard's first element within its first block
+    h = bits((first + numel + 1) // 2, key, counter, stream, offset // 2)
+    k = torch.stack([_srl(h, 41), (h >> 9) & _BITS23], dim=-1).reshape(-1)[first : first + numel]
     return ((k.to(torch.float32) + 0.5) * (1.0 / (1 << 23))).view(shape)
 
 
-def normal(shape: torch.Size, key: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:
-    """N(0, 1) float32 samples: the inverse normal CDF of :func:`uniform`.
+def normal(shape: torch.Size, key: torch.Tensor, counter: torch.Tensor, stream: int, offset: int = 0) -> torch.Tensor:
+    """N(0, 1) float32 samples: the inverse normal CDF of :func:`uniform` (``offset`` as there).
 
     The inverse CDF is :func:`ndtri` (a polynomial, within 1.2e-6 of ``torch.special.ndtri``),
     the same formula eager, compiled and on every device; Inductor vectorizes it, while
     ``torch.special.ndtri`` compiles to a scalar loop (about 8x slower on CPU).
     """
-    return ndtri(uniform(shape, key, counter, stream))
+    return ndtri(uniform(shape, key, counter, stream, offset))
 
 
 # Giles, "Approximating the erfinv function" (GPU Computing Gems Jade, 2011), single precision:

@@ -16,6 +16,9 @@ buffer             shape, dtype   meaning
 ``activity_*``     (C,), f32      activity statistics (ACTIVITY / synaptic scaling only)
 =================  =============  ==================================================
 
+Under FSDP2 (``fully_shard``) the step-level mechanisms act on each rank's shard of the weight
+and ``fuzzy_lr`` becomes a DTensor sharded like it (:mod:`biofx.sharding`).
+
 Bio state stays float32 when the model is cast (``model.half()``) or runs under autocast.
 The module is also the activity probe: called on the layer's output in the forward pass,
 it counts activity in training mode and returns the output unchanged.
@@ -30,7 +33,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from . import rng
+from . import rng, sharding
 from ._leaf import bio_annotation
 from .config import BioConfig, Distribution
 from .layers import LayerKind
@@ -160,6 +163,10 @@ class BioSynapses(nn.Module):
         self._step = int(self.step)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        where = self._shard()  # under FSDP, fuzzy_lr is sharded like the weight before it loads
+        key = prefix + "fuzzy_lr"
+        if where is not None and key in state_dict and not sharding.is_sharded(state_dict[key]):
+            state_dict[key] = sharding.shard_like(state_dict[key], where)  # a whole one: this rank's rows
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._sync_counters()  # one sync at load time, none per step
 
@@ -176,10 +183,29 @@ class BioSynapses(nn.Module):
         return mechanism in self.config.automatic
 
     def require_grad(self) -> torch.Tensor:
+        """The weight's gradient (this rank's shard of it under FSDP)."""
         grad = self.weight.grad
         if grad is None:
             raise RuntimeError("No gradients found for the weights")
-        return grad
+        return sharding.local(grad)
+
+    def _shard(self) -> Optional[sharding.Layout]:
+        """The shard of the weight this rank holds under FSDP2 (``None`` when it is whole).
+
+        The first time the weight is seen sharded, ``fuzzy_lr`` (the same full tensor on every
+        rank until then) becomes a DTensor sharded like the weight: each rank keeps its rows.
+        """
+        where = sharding.layout(self.weight, f"{self.layer_name}.weight")
+        if where is not None and not sharding.is_sharded(self.fuzzy_lr):
+            self._buffers["fuzzy_lr"] = sharding.shard_like(self.fuzzy_lr, where)
+        return where
+
+    def _require_whole(self, what: str) -> None:
+        if sharding.is_sharded(self.weight):
+            raise NotImplementedError(
+                f"{what} needs the whole weight of {self.layer_name!r}, which FSDP (fully_shard) has sharded "
+                "over the ranks; call it before fully_shard (on the unsharded bio model)"
+            )
 
     @torch.no_grad()
     def reset_bio_state(self) -> None:
@@ -189,6 +215,7 @@ class BioSynapses(nn.Module):
         weights' initialization (or loading), this fills the state; with Dale's principle it also
         re-applies the Dale initialization to the weight, as the transform does.
         """
+        self._require_whole("reset_bio_state()")
         fresh = BioSynapses(
             self.layer_name, self.layer, self.kind, self.config, self.index, *self._drawn_from, register=False
         )
@@ -232,22 +259,27 @@ class BioSynapses(nn.Module):
     # -- gradient mechanisms (act on .grad once) -------------------------------------------
     def apply_fuzzy(self) -> None:
         """``g ← g·f``."""
-        grad = self.require_grad()
+        self._shard()
+        grad, multipliers = self.require_grad(), sharding.local(self.fuzzy_lr)
         if grad.dtype == torch.float32:
-            grad.mul_(self.fuzzy_lr)
+            grad.mul_(multipliers)
         else:
-            grad.copy_(fuzzy.apply(grad, self.fuzzy_lr))
+            grad.copy_(fuzzy.apply(grad, multipliers))
 
     def apply_volume(self) -> None:
         """``g ← g·|N(μ, lr_variability·μ)|`` with this step's noise."""
-        grad = self.require_grad()
-        grad.copy_(volume.scale_for(grad, self.weight, self.rng_key, self.step, self.config))
+        where = self._shard()
+        grad, weight = self.require_grad(), sharding.local(self.weight)
+        grad.copy_(volume.scale_for(grad, weight, self.rng_key, self.step, self.config, sharding.offset(where)))
 
     def crystallize(self) -> None:
         """Dampen f where the step's gradient says the weight is settled or strongly driven."""
         if not self.weight.requires_grad:
             raise RuntimeError("Weights do not require gradients")
-        crystallize.crystallize_(self.fuzzy_lr, self.weight, self.require_grad(), self.config)
+        where = self._shard()
+        weight = sharding.local(self.weight)
+        mean_magnitude = None if where is None else sharding.layer_mean(weight.detach().float().abs(), where)
+        crystallize.crystallize_(sharding.local(self.fuzzy_lr), weight, self.require_grad(), self.config, mean_magnitude)
 
     def scale_grad(self) -> None:
         """``g ← g − γ·(a_target − ā_i)·w`` from the running activity."""
@@ -255,9 +287,10 @@ class BioSynapses(nn.Module):
         if not self.config.tracks_activity or self.config.synaptic_scaling_gamma == 0:
             return
         self.fold_activity()
+        where = self._shard()
         term = scaling.scaling_term(
-            self.weight,
-            self.activity_mean,
+            sharding.local(self.weight),
+            sharding.local_rows(self.activity_mean, where) if self.kind.out_axis == 0 else self.activity_mean,
             self.kind.out_axis,
             self.config.synaptic_scaling_gamma,
             self.config.synaptic_scaling_target,
@@ -289,7 +322,7 @@ class BioSynapses(nn.Module):
         if not has_grad:
             return
         if self.config.scales_update:
-            self._before_step = self.weight.detach().clone()
+            self._before_step = sharding.local(self.weight).detach().clone()
         elif self.automatic("crystallize"):
             self.crystallize()
 
@@ -302,8 +335,21 @@ class BioSynapses(nn.Module):
         cfg = self.config
         volume_args = (cfg.base_lr, cfg.stability_factor, cfg.lr_variability) if self.automatic("volume") else None
         crystal_args = (cfg.crystal_thresh, cfg.dampening_factor) if self.automatic("crystallize") else None
+        where = self._shard()
+        sharded_crystal = where is not None and crystal_args is not None
+        mean_magnitude = sharding.layer_mean(before.float().abs(), where) if sharded_crystal else None
         update.scale_step_(
-            self.weight, before, self.fuzzy_lr, self.rng_key, self.step, self.automatic("fuzzy"), volume_args, crystal_args
+            sharding.local(self.weight),
+            before,
+            sharding.local(self.fuzzy_lr),
+            self.rng_key,
+            self.step,
+            self.automatic("fuzzy"),
+            volume_args,
+            crystal_args,
+            grad=sharding.local(self.weight.grad),
+            offset=sharding.offset(where),
+            mean_magnitude=mean_magnitude,
         )
 
     # -- state mechanisms --------------------------------------------------------------------
@@ -314,34 +360,52 @@ class BioSynapses(nn.Module):
             return
         self._updates += 1
         self.updates.add_(1)
+        where = self._shard()
+        multipliers, offset = sharding.local(self.fuzzy_lr), sharding.offset(where)
         if dist is Distribution.TEMPORAL:
-            fuzzy.temporal_update(self.fuzzy_lr, self._updates, self.updates, self.rng_key, self.config)
+            fuzzy.temporal_update(multipliers, self._updates, self.updates, self.rng_key, self.config, offset)
         else:
             self.fold_activity()
             fuzzy.activity_update(
-                self.fuzzy_lr,
+                multipliers,
                 self.activity_count,
                 self.kind.out_axis,
                 self._updates,
                 self.updates,
                 self.rng_key,
                 self.config,
+                slice(None) if where is None else where.rows,
+                offset,
             )
 
     @torch.no_grad()
     def rejuvenate(self) -> torch.Tensor:
-        """Rejuvenate the layer's weights; returns the number replaced (a 0-d tensor)."""
+        """Rejuvenate the layer's weights; returns the number replaced (a 0-d tensor).
+
+        Under FSDP each rank rejuvenates its shard, with max|W| all-reduced over the layer's
+        shards; the count returned is the layer's (summed over the shards).
+        """
+        where = self._shard()
+        if where is not None and self.config.rejuvenation_rule != "paper":
+            raise NotImplementedError(
+                f"rejuvenation_rule={self.config.rejuvenation_rule!r} under FSDP (fully_shard): its layer mean "
+                f"and std of {self.layer_name!r} are not reduced over the shards; use rejuvenation_rule='paper' "
+                "(the default), or DDP"
+            )
+        weight = sharding.local(self.weight)
         sign = getattr(self, "dale_sign", None)
         count = rejuvenate.rejuvenate_(
-            self.weight,
+            weight,
             self.config.rejuvenation_parameter_dre,
             self.rng_key,
             self.rejuvenations,
-            sign,
+            None if sign is None else sharding.local_rows(sign, where),
             self.config.rejuvenation_rule,
+            sharding.offset(where),
+            None if where is None else sharding.layer_max(rejuvenate.magnitude(weight), where),
         )
         self.rejuvenations.add_(1)
-        return count
+        return count if where is None else sharding.layer_sum(count, where)
 
     def dale_weight(self) -> torch.Tensor:
         """The weight the layer uses: ``s·|w|``, minus ``|W_EI|·|W_IE|`` in DANN mode."""
@@ -353,15 +417,18 @@ class BioSynapses(nn.Module):
     @torch.no_grad()
     def enforce_dale(self) -> None:
         """Stored weights onto the constraint, the forward unchanged: ``w ← s·|w|`` (DANN: all ``|·|``)."""
-        self.weight.copy_(dale.constrain(self.weight, self.dale_sign))
+        where = self._shard()
+        weight = sharding.local(self.weight)
+        weight.copy_(dale.constrain(weight, sharding.local_rows(self.dale_sign, where)))
         if self.config.dale_mode == "dann":
-            self.layer.dale_w_ei.abs_()
-            self.layer.dale_w_ie.abs_()
+            sharding.local(self.layer.dale_w_ei).abs_()
+            sharding.local(self.layer.dale_w_ie).abs_()
 
     @torch.no_grad()
     def dale_initialize(self) -> None:
         """Balanced Dale initialization (:func:`biofx.mechanisms.dale.initialize_dann_` or
         :func:`~biofx.mechanisms.dale.initialize_column_`); draws are keyed by the layer's seed."""
+        self._require_whole("Dale initialization (dalian_network_initialization())")
         if self.config.dale_mode == "dann":
             layer = self.layer
             dale.initialize_dann_(self.weight, layer.dale_w_ei, layer.dale_w_ie, self.kind.out_axis, int(self.rng_key))
@@ -373,8 +440,8 @@ class BioSynapses(nn.Module):
         return self.weight.abs().sum()
 
     def state_bytes(self) -> int:
-        """Bytes of bio state this layer holds."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        """Bytes of bio state this layer holds (on this rank, under FSDP)."""
+        return sum(sharding.local(b).numel() * b.element_size() for b in self.buffers())
 
     def advance(self) -> None:
         """Host-side bookkeeping after an optimizer step (the tensor ``step`` is advanced in bulk)."""

@@ -60,6 +60,15 @@ def test_deterministic():
     assert torch.equal(rng.uniform(torch.Size([7]), torch.tensor(5), torch.tensor(7), 1), rng.uniform(torch.Size([8]), torch.tensor(5), torch.tensor(7), 1)[:7])
 
 
+@pytest.mark.parametrize("offset, numel", [(0, 63), (9, 27), (15, 10), (1, 1), (62, 1), (63, 0)])
+def test_offset_draws_are_the_full_draws_at_those_indices(offset, numel):
+    """A shard (biofx.sharding) draws elements offset … offset + numel − 1 of the full tensor, at
+    odd offsets too (its first element is then the low half of a block's hash)."""
+    key, counter = torch.tensor(5), torch.tensor(3)
+    full = rng.normal(torch.Size([7, 9]), key, counter, rng.VOLUME).reshape(-1)
+    assert torch.equal(rng.normal(torch.Size([numel]), key, counter, rng.VOLUME, offset), full[offset : offset + numel])
+
+
 def test_mix64_is_splitmix64():
     """Against SplitMix64 written with Python integers (its first output for state 0 is known)."""
     mask = (1 << 64) - 1

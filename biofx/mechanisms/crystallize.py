@@ -7,28 +7,47 @@ multiplier is dampened, ``f ← f·dampening_factor``. The change persists.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..config import BioConfig
 from ..kernels import fused
 
 
-def mask(weight: torch.Tensor, grad: torch.Tensor, crystal_thresh: float) -> torch.Tensor:
-    """Where a weight crystallizes (boolean, weight's shape)."""
+def mask(
+    weight: torch.Tensor, grad: torch.Tensor, crystal_thresh: float, mean_magnitude: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Where a weight crystallizes (boolean, weight's shape).
+
+    ``mean_magnitude``: mean|w| over the whole layer when ``weight`` is a shard of it
+    (:mod:`biofx.sharding`); by default the mean over ``weight``.
+    """
     w = weight.detach().float().abs()
     g = grad.float().abs()
-    return (g / w < crystal_thresh) | (g > w.mean())
+    return (g / w < crystal_thresh) | (g > (w.mean() if mean_magnitude is None else mean_magnitude))
 
 
 @fused
 def crystallized(
-    multipliers: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, crystal_thresh: float, dampening: float
+    multipliers: torch.Tensor,
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    crystal_thresh: float,
+    dampening: float,
+    mean_magnitude: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The multipliers after one crystallization (one pass, no host sync, no indexing)."""
-    return multipliers * torch.where(mask(weight, grad, crystal_thresh), dampening, 1.0)
+    return multipliers * torch.where(mask(weight, grad, crystal_thresh, mean_magnitude), dampening, 1.0)
 
 
-def crystallize_(multipliers: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, config: BioConfig) -> None:
+def crystallize_(
+    multipliers: torch.Tensor,
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    config: BioConfig,
+    mean_magnitude: Optional[torch.Tensor] = None,
+) -> None:
     """Dampen ``multipliers`` in place where :func:`mask` holds (on flat views: one kernel for all layers)."""
     flat = crystallized(
         multipliers.reshape(-1),
@@ -36,5 +55,6 @@ def crystallize_(multipliers: torch.Tensor, weight: torch.Tensor, grad: torch.Te
         grad.reshape(-1),
         config.crystal_thresh,
         config.dampening_factor,
+        mean_magnitude,
     )
     multipliers.copy_(flat.view(multipliers.shape))

@@ -80,9 +80,10 @@ def apply(grad: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
 
 
 def temporal_update(
-    multipliers: torch.Tensor, update: int, counter: torch.Tensor, key: torch.Tensor, config: BioConfig
+    multipliers: torch.Tensor, update: int, counter: torch.Tensor, key: torch.Tensor, config: BioConfig, offset: int = 0
 ) -> None:
-    """TEMPORAL, in place, for the ``update``-th update (1-based; ``counter`` is it as a tensor).
+    """TEMPORAL, in place, for the ``update``-th update (1-based; ``counter`` is it as a tensor;
+    ``offset``: the flat index of ``multipliers``' first element in the layer's, for a shard).
 
     On every ``fuzzy_lr_update_freq``-th update ``f ← 1 + (f − 1)·fuzzy_lr_decay``; on every
     tenth of those, noise ``0.1·U(−ν, ν)`` is added; then f is clamped.
@@ -92,7 +93,7 @@ def temporal_update(
         return
     multipliers.sub_(1.0).mul_(config.fuzzy_lr_decay).add_(1.0)
     if update % (10 * freq) == 0:
-        u = rng.uniform(multipliers.shape, key, counter, rng.TEMPORAL)
+        u = rng.uniform(multipliers.shape, key, counter, rng.TEMPORAL, offset)
         multipliers.add_(0.1 * config.fuzzy_learning_rate_factor_nu * (2.0 * u - 1.0))
     multipliers.clamp_(config.fuzzy_lr_min, config.fuzzy_lr_max)
 
@@ -105,13 +106,16 @@ def activity_update(
     counter: torch.Tensor,
     key: torch.Tensor,
     config: BioConfig,
+    rows: slice = slice(None),
+    offset: int = 0,
 ) -> None:
     """ACTIVITY, in place, on the first update and every ``fuzzy_lr_update_freq``-th one
     (``update`` counts from 1; ``counter`` is it as a tensor, keying the draw).
 
     ``c_i`` counts how often output unit i exceeded 0.01 in magnitude;
     ``a_i = clamp(1 + 0.1·(c_i/mean c − 1), 0.8, 1.2)``; row i is redrawn as
-    ``U(1 − ν_i, 1 + ν_i)`` with ``ν_i = ν·(2 − a_i)``, then clamped.
+    ``U(1 − ν_i, 1 + ν_i)`` with ``ν_i = ν·(2 − a_i)``, then clamped. For a shard of the layer
+    (:mod:`biofx.sharding`), ``multipliers`` holds the layer's ``rows`` (dim 0) from flat index ``offset``.
     """
     if update != 1 and update % config.fuzzy_lr_update_freq:
         return
@@ -119,5 +123,7 @@ def activity_update(
     shape = [1] * multipliers.dim()
     shape[out_axis] = -1
     nu = (config.fuzzy_learning_rate_factor_nu * (2.0 - activity)).view(shape)
-    u = rng.uniform(multipliers.shape, key, counter, rng.ACTIVITY)
+    if out_axis == 0:
+        nu = nu[rows]
+    u = rng.uniform(multipliers.shape, key, counter, rng.ACTIVITY, offset)
     multipliers.copy_(torch.clamp(_uniform_around_one(u, nu), config.fuzzy_lr_min, config.fuzzy_lr_max))

@@ -23,6 +23,12 @@ from .. import rng
 from ..kernels import fused
 
 
+def magnitude(weight: torch.Tensor) -> torch.Tensor:
+    """``|w|`` in float32, 0 where w is not finite (max|W| is taken over the finite weights)."""
+    w = weight.detach()
+    return torch.where(torch.isfinite(w), w.float().abs(), 0.0)
+
+
 @fused
 def rejuvenated(
     weight: torch.Tensor,
@@ -31,16 +37,22 @@ def rejuvenated(
     counter: torch.Tensor,
     sign: Optional[torch.Tensor] = None,
     rule: str = "paper",
+    offset: int = 0,
+    max_magnitude: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rejuvenated weight and how many entries were replaced (0-d tensor)."""
+    """The rejuvenated weight and how many entries were replaced (0-d tensor).
+
+    For a shard of the layer (:mod:`biofx.sharding`, paper rule): ``offset``, its first flat
+    index, keys the draws and ``max_magnitude`` is the layer's max|W|.
+    """
     w = weight.detach()
     finite = torch.isfinite(w)
-    magnitude = torch.where(finite, w.float().abs(), 0.0)
-    u = rng.uniform(w.shape, key, counter, rng.REJUVENATE_VALUE)
+    size = magnitude(w)
+    u = rng.uniform(w.shape, key, counter, rng.REJUVENATE_VALUE, offset)
     if rule == "paper":
-        max_w = magnitude.amax()
-        threshold = rng.normal(w.shape, key, counter, rng.REJUVENATE_THRESHOLD).abs() * (max_w / dre)
-        replace = (threshold > magnitude) | ~finite
+        max_w = size.amax() if max_magnitude is None else max_magnitude
+        threshold = rng.normal(w.shape, key, counter, rng.REJUVENATE_THRESHOLD, offset).abs() * (max_w / dre)
+        replace = (threshold > size) | ~finite
         new = (u * max_w - max_w / 2.0) * 2.0  # U(−max|W|, max|W|), rounded as the authors' code does
         kept = w.float()
     else:
@@ -50,8 +62,8 @@ def rejuvenated(
         log_var = torch.log1p(std * std / (mean * mean))
         log_mean = torch.log(mean) - 0.5 * log_var
         probability = torch.exp(-dre * kept.abs() / std)
-        replace = (rng.uniform(w.shape, key, counter, rng.REJUVENATE_THRESHOLD) < probability) | ~finite
-        z = rng.normal(w.shape, key, counter + 0x7FFF, rng.REJUVENATE_VALUE)
+        replace = (rng.uniform(w.shape, key, counter, rng.REJUVENATE_THRESHOLD, offset) < probability) | ~finite
+        z = rng.normal(w.shape, key, counter + 0x7FFF, rng.REJUVENATE_VALUE, offset)
         new = torch.exp(log_mean + 0.5 * torch.sqrt(log_var) * z).clamp(-1.0, 1.0)
     if sign is not None:
         new = new.abs() * sign
@@ -65,16 +77,18 @@ def rejuvenate_(
     counter: torch.Tensor,
     sign: Optional[torch.Tensor] = None,
     rule: str = "paper",
+    offset: int = 0,
+    max_magnitude: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Rejuvenate ``weight`` in place; returns how many entries were replaced.
 
     Runs on flat views (one kernel for every layer shape; same numbers, the noise is indexed
-    by the flat element index).
+    by the flat element index). ``offset`` and ``max_magnitude`` as in :func:`rejuvenated`.
     """
     w = weight.detach()
     if w.numel() == 0:  # nothing to replace (and no max|W| to take)
         return torch.zeros((), dtype=torch.int64, device=w.device)
     flat_sign = None if sign is None else sign.expand_as(w).reshape(-1)
-    new, count = rejuvenated(w.reshape(-1), dre, key, counter, flat_sign, rule)
+    new, count = rejuvenated(w.reshape(-1), dre, key, counter, flat_sign, rule, offset, max_magnitude)
     w.copy_(new.view(w.shape))
     return count

@@ -34,21 +34,25 @@ def scaled_step(
     fuzzy: bool,
     volume_args: Optional[tuple],
     crystal_args: Optional[tuple],
+    offset: int = 0,
+    mean_magnitude: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over a layer's flat weight: the rescaled weight and the multipliers after it.
 
     ``w₀ + f·v·(w₁ − w₀)`` (float32, returned in ``after``'s dtype); with ``crystal_args =
     (crystal_thresh, dampening_factor)`` the multipliers are then crystallized on the
     effective gradient ``g·f·v`` and w₀, as in gradient mode, where ``.grad`` holds ``g·f·v``.
+    For a shard of the layer (:mod:`biofx.sharding`): ``offset``, its first flat index, keys the
+    volume noise and ``mean_magnitude`` is the layer's mean|w₀|.
     """
     w0 = before.float()
     factor = multipliers if fuzzy else torch.ones_like(w0)
     if volume_args is not None:
-        factor = factor * volume.factor(before, key, step, *volume_args)
+        factor = factor * volume.factor(before, key, step, *volume_args, offset)
     weight = (w0 + factor * (after.float() - w0)).to(after.dtype)
     if crystal_args is None:
         return weight, multipliers
-    settled = crystallize.mask(before, grad.float() * factor, crystal_args[0])
+    settled = crystallize.mask(before, grad.float() * factor, crystal_args[0], mean_magnitude)
     return weight, multipliers * torch.where(settled, crystal_args[1], 1.0)
 
 
@@ -61,19 +65,29 @@ def scale_step_(
     fuzzy: bool,
     volume_args: Optional[tuple],
     crystal_args: Optional[tuple],
+    grad: Optional[torch.Tensor] = None,
+    offset: int = 0,
+    mean_magnitude: Optional[torch.Tensor] = None,
 ) -> None:
-    """Rescale the step the optimizer just took on ``weight`` (from ``before``) and crystallize, in place."""
+    """Rescale the step the optimizer just took on ``weight`` (from ``before``) and crystallize, in place.
+
+    ``grad`` defaults to ``weight.grad`` (a shard passes its own; ``offset`` and
+    ``mean_magnitude`` as in :func:`scaled_step`).
+    """
     w = weight.detach()
+    grad = weight.grad if grad is None else grad
     new_weight, new_multipliers = scaled_step(
         before.reshape(-1),
         w.reshape(-1),
-        weight.grad.reshape(-1) if crystal_args is not None else w.reshape(-1),  # grad unused without crystallization
+        grad.reshape(-1) if crystal_args is not None else w.reshape(-1),  # grad unused without crystallization
         multipliers.reshape(-1),
         key,
         step,
         fuzzy,
         volume_args,
         crystal_args,
+        offset,
+        mean_magnitude,
     )
     w.copy_(new_weight.view(w.shape))
     if crystal_args is not None:

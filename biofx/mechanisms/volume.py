@@ -23,17 +23,18 @@ def factor(
     base_lr: float,
     stability_factor: float,
     lr_variability: float,
+    offset: int = 0,
 ) -> torch.Tensor:
-    """``|N(μ, lr_variability·μ)|`` per weight, float32."""
+    """``|N(μ, lr_variability·μ)|`` per weight, float32 (``weight`` from flat index ``offset`` of the layer's)."""
     magnitude = weight.detach().float().abs()
     mu = base_lr * torch.exp(-stability_factor * (magnitude / (magnitude + 1.0)))
-    z = rng.normal(weight.shape, key, step, rng.VOLUME)
+    z = rng.normal(weight.shape, key, step, rng.VOLUME, offset)
     return mu * (1.0 + lr_variability * z).abs()
 
 
 @fused
-def _scale_flat(grad, weight, key, step, base_lr, stability_factor, lr_variability):
-    return (grad.float() * factor(weight, key, step, base_lr, stability_factor, lr_variability)).to(grad.dtype)
+def _scale_flat(grad, weight, key, step, base_lr, stability_factor, lr_variability, offset):
+    return (grad.float() * factor(weight, key, step, base_lr, stability_factor, lr_variability, offset)).to(grad.dtype)
 
 
 def scale(
@@ -44,16 +45,21 @@ def scale(
     base_lr: float,
     stability_factor: float,
     lr_variability: float,
+    offset: int = 0,
 ) -> torch.Tensor:
     """``g·|N(μ, lr_variability·μ)|`` in one pass (computed in float32, returned in g's dtype).
 
     Runs on flattened views, so one dynamic-shape kernel serves every layer (same numbers:
-    the noise is indexed by the flat element index).
+    the noise is indexed by the flat element index; a shard's starts at ``offset``).
     """
-    flat = _scale_flat(grad.reshape(-1), weight.detach().reshape(-1), key, step, base_lr, stability_factor, lr_variability)
+    flat = _scale_flat(
+        grad.reshape(-1), weight.detach().reshape(-1), key, step, base_lr, stability_factor, lr_variability, offset
+    )
     return flat.view(grad.shape)
 
 
-def scale_for(grad: torch.Tensor, weight: torch.Tensor, key: torch.Tensor, step: torch.Tensor, config: BioConfig):
+def scale_for(
+    grad: torch.Tensor, weight: torch.Tensor, key: torch.Tensor, step: torch.Tensor, config: BioConfig, offset: int = 0
+):
     """:func:`scale` with the parameters of ``config``."""
-    return scale(grad, weight, key, step, config.base_lr, config.stability_factor, config.lr_variability)
+    return scale(grad, weight, key, step, config.base_lr, config.stability_factor, config.lr_variability, offset)
