@@ -101,3 +101,17 @@ def test_biofx_follows_the_authors_loop_for_120_steps(acts_on):
     # the comparison exercised both rules, not just SGD
     assert int(layers[0].rejuvenations) == STEPS and rule.replaced > 0
     assert any(not torch.equal(layer.fuzzy_lr, f0) for layer, f0 in zip(layers, initial_f))
+
+
+def test_the_authors_weight_splitting_is_biofxs():
+    """Γ = 2: the authors' ``accum_func`` on every layer but the classifier gives biofx's outputs."""
+    from authors_loop import split_outputs
+
+    plain = mlp()
+    unsplit, authors_model = copy.deepcopy(plain), copy.deepcopy(plain)
+    handles = split_outputs(authors_model, 2, n_outputs=10)
+    bio = biofx.transform(plain, weight_splitting_Gamma=2, automatic=())
+    x = torch.randn(7, 64)
+    assert len(handles) == 2
+    torch.testing.assert_close(bio(x), authors_model(x), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(unsplit(x), authors_model(x))  # splitting changed the outputs

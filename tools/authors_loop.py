@@ -11,8 +11,8 @@ Hofmann et al.'s experiments (CeadeS/BioLearn, ``bionet``: ``BioModule.scale_gra
   then ``r = (U·max − max/2)·2`` (``torch.rand``); where ``t > |w|``: ``w ← r``;
 * ``crystallize`` per layer: where ``|g|/|w| < thresh`` or ``|g| > mean|w|`` (g already g·f):
   ``f ← f·dampening``;
-* weight splitting (Γ > 1): every Linear but the one with the model's outputs returns
-  ``repeat_interleave(y.view(-1, C/Γ, Γ).sum(2), Γ, 1)``.
+* weight splitting (Γ > 1): every Conv2d and every Linear but the one with the model's
+  outputs returns ``repeat_interleave(y.view(-1, C/Γ, Γ, …).sum(2), Γ, 1)`` (C its outputs).
 
 The random numbers are injectable: :class:`TorchDraws` takes them from a ``torch.Generator``
 as the authors' code does (``torch.normal`` then ``torch.rand`` per layer, layer by layer),
@@ -64,29 +64,37 @@ class CounterDraws:
         self.counter = self.counter + 1
 
 
-def authors_multipliers(layers: Sequence[nn.Linear], nu: float, generator: torch.Generator) -> list:
+#: The layers the authors' ``BioModule`` attaches to.
+LAYERS = (nn.Linear, nn.Conv2d)
+
+
+def bio_layers(model: nn.Module) -> list:
+    """``model``'s Linear and Conv2d layers, in module order."""
+    return [m for m in model.modules() if isinstance(m, LAYERS)]
+
+
+def authors_multipliers(model: nn.Module, nu: float, generator: torch.Generator) -> list:
     """The authors' fuzzy multipliers ``1 + (2·U·ν − ν)``, one tensor per layer's weight."""
-    return [1.0 + (2.0 * torch.rand(layer.weight.shape, generator=generator) * nu - nu) for layer in layers]
+    return [1.0 + (2.0 * torch.rand(m.weight.shape, generator=generator) * nu - nu) for m in bio_layers(model)]
 
 
 def split_outputs(model: nn.Module, gamma: int, n_outputs: int) -> list:
-    """Weight splitting on every Linear of ``model`` except those with ``n_outputs`` outputs.
-
-    Returns the forward-hook handles.
-    """
+    """Weight splitting on every Conv2d of ``model`` and every Linear without ``n_outputs``
+    outputs (the authors skip the classifier by its size). Returns the forward-hook handles."""
 
     def accumulate(module, inputs, y):
-        return torch.repeat_interleave(y.view(-1, y.size(1) // gamma, gamma).sum(2), gamma, 1)
+        grouped = y.view(y.size(0), y.size(1) // gamma, gamma, *y.shape[2:]).sum(2)
+        return torch.repeat_interleave(grouped, gamma, 1)
 
     return [
         m.register_forward_hook(accumulate)
-        for m in model.modules()
-        if isinstance(m, nn.Linear) and m.out_features != n_outputs
+        for m in bio_layers(model)
+        if isinstance(m, nn.Conv2d) or m.out_features != n_outputs
     ]
 
 
 class AuthorsRule:
-    """The authors' step-level rules on ``model``'s Linear layers; call :meth:`before_step`
+    """The authors' step-level rules on ``model``'s layers (:func:`bio_layers`); call :meth:`before_step`
     between ``loss.backward()`` and ``optimizer.step()``.
 
     ``multipliers``: f per layer (None: no fuzzy learning rates). ``draws``: the purge's random
@@ -102,7 +110,7 @@ class AuthorsRule:
         multipliers: Optional[Sequence[torch.Tensor]] = None,
         crystallize: Optional[tuple] = None,
     ):
-        self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self.layers = bio_layers(model)
         self.f = None if multipliers is None else [m.clone() for m in multipliers]
         self.dre = dre
         self.draws = draws
@@ -110,7 +118,7 @@ class AuthorsRule:
         self.replaced = 0
 
     @torch.no_grad()
-    def purge(self, index: int, layer: nn.Linear) -> None:
+    def purge(self, index: int, layer: nn.Module) -> None:
         w = layer.weight
         maxi = w.abs().max()
         threshold = (self.draws.normal(index, w.shape) * (maxi / self.dre)).abs()
@@ -120,7 +128,7 @@ class AuthorsRule:
         self.replaced += int(replace.sum())
 
     @torch.no_grad()
-    def crystallize(self, layer: nn.Linear, f: torch.Tensor) -> None:
+    def crystallize(self, layer: nn.Module, f: torch.Tensor) -> None:
         weight, grad = layer.weight.abs(), layer.weight.grad.abs()
         settled = (grad / weight < self.crystal[0]) | (grad > weight.mean())
         f[settled] = f[settled] * self.crystal[1]
