@@ -361,7 +361,7 @@ def test_reproduce_parity_and_adam_rows(monkeypatch):
         (m, g, i)
         for g in (0, 2)
         for m in ("rejuvenation", "fuzzy+rejuvenation")
-        for i in (reproduce.AUTHORS, reproduce.TORCH_DRAWS)
+        for i in (reproduce.AUTHORS, reproduce.AUTHORS_AGAIN, reproduce.TORCH_DRAWS)
     ]
     grid = {(c.mechanism, c.gamma): c.config for c in reproduce.conditions()}
     assert all(c.config == grid[(c.mechanism, c.gamma)] for c in parity)  # the same settings as biofx's rows

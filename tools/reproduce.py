@@ -24,7 +24,9 @@ Two further comparisons:
   weight splitting) drawing from torch's generator (``torch.normal``, ``torch.rand``, seeded
   with the run's seed) exactly as their code does, and with biofx whose counter-based draws
   are replaced by that generator (:func:`torch_draws`; separates the random numbers from
-  the code). biofx's own rows and these are paired with the authors' rule;
+  the code), and once more with another stream of torch's generator (two runs of the same
+  rule: how far random numbers alone move the outcome). biofx's own rows and these are
+  paired with the authors' rule;
 * **fuzzy learning rates under Adam** (lr ``--adam-lr``, Γ = 0): plain Adam, and fuzzy with
   ``acts_on="update"`` and ``acts_on="gradient"``, paired with plain Adam, with the relative
   distance of the final weights to plain Adam's.
@@ -93,6 +95,11 @@ GAMMAS = (0, 2)
 #: counter-based one (isolates the random numbers from the code).
 BIOFX, AUTHORS, TORCH_DRAWS = "biofx", "authors' rule (torch RNG)", "biofx, torch.rand draws"
 
+#: The authors' rule once more with another stream of torch's generator (seeded with the seed
+#: plus :data:`OTHER_STREAM`): paired with the first, it shows how far two runs of the *same*
+#: rule differ only by their random numbers, the yardstick for biofx − authors' rule.
+AUTHORS_AGAIN, OTHER_STREAM = "authors' rule, other torch stream", 1_000_003
+
 #: Adam's learning rate for the fuzzy-under-Adam comparison.
 ADAM_LR = 1e-3
 
@@ -140,13 +147,14 @@ CONTROL = Condition("plain (2× lr, control)", 0, None, lr_factor=2.0)
 
 
 def parity_conditions() -> list[Condition]:
-    """Every rejuvenation condition of the grid by the authors' rule and by biofx with torch's
-    draws (each is paired with the authors' rule of its mechanism and Γ, as is biofx's)."""
+    """Every rejuvenation condition of the grid by the authors' rule (twice: two streams of
+    torch's generator) and by biofx with torch's draws (each is paired with the authors' rule
+    of its mechanism and Γ, as is biofx's)."""
     return [
         Condition(c.mechanism, c.gamma, c.config, implementation=implementation)
         for c in conditions()
         if "rejuvenation" in c.mechanism
-        for implementation in (AUTHORS, TORCH_DRAWS)
+        for implementation in (AUTHORS, AUTHORS_AGAIN, TORCH_DRAWS)
     ]
 
 
@@ -181,12 +189,13 @@ def torch_draws(seed: int) -> Iterator[None]:
 
 def prepare(condition: Condition, base: torch.nn.Module, seed: int, n_outputs: int) -> tuple:
     """``(model, before_step, context)`` for one run of ``condition`` from ``base``'s weights."""
-    if condition.implementation == AUTHORS:
+    if condition.implementation in (AUTHORS, AUTHORS_AGAIN):
         model = copy.deepcopy(base)
         cfg = condition.config
         if cfg.weight_splitting_Gamma > 1:
             split_outputs(model, cfg.weight_splitting_Gamma, n_outputs)
-        generator = torch.Generator().manual_seed(seed)
+        stream = OTHER_STREAM if condition.implementation == AUTHORS_AGAIN else 0
+        generator = torch.Generator().manual_seed(seed + stream)
         fuzzy = "fuzzy" in condition.mechanism
         rule = AuthorsRule(
             model,
@@ -388,7 +397,7 @@ def plot_parity(adam: list[Condition], summaries: dict, path: Path, title: str) 
     """Final accuracy per rejuvenation condition by implementation, and under Adam per fuzzy mode."""
     figure, (left, right) = new_figure(title, columns=2)
     groups = [c for c in conditions() if "rejuvenation" in c.mechanism]
-    implementations = (AUTHORS, BIOFX, TORCH_DRAWS)
+    implementations = (AUTHORS, AUTHORS_AGAIN, BIOFX, TORCH_DRAWS)
     width = 0.8 / len(implementations)
     shown = []
     for i, implementation in enumerate(implementations):
