@@ -4,8 +4,9 @@ The demo trains a small MLP (or, with ``--model cnn``, a small CNN) on the 8x8 d
 :func:`sklearn.datasets.load_digits` (1797 images, 10 classes, no download), twice per seed
 from the same initial weights: once plain and once transformed with the paper's settings
 (:data:`PAPER_CONFIG`). It prints epochs to 90 % and 95 % validation accuracy, the final
-accuracy and the wall time of both, and writes ``learning_curves.png``, ``bio_graph.svg`` and
-``results.json`` into ``--out``.
+accuracy and the wall time of both, then a one-line :func:`verdict` (faster or slower, higher
+or lower accuracy, or about the same), and writes ``learning_curves.png`` (with the 90 % and
+95 % lines), ``bio_graph.svg`` and ``results.json`` into ``--out``.
 
 Run it with ``biofx demo``, ``python -m biofx demo`` or :func:`main`. It needs the ``demo``
 extra: ``pip install "biofx[demo]"``. The training loop here (:func:`train`) is shared with
