@@ -4,8 +4,9 @@ The demo trains a small MLP (or, with ``--model cnn``, a small CNN) on the 8x8 d
 :func:`sklearn.datasets.load_digits` (1797 images, 10 classes, no download), twice per seed
 from the same initial weights: once plain and once transformed with the paper's settings
 (:data:`PAPER_CONFIG`). It prints epochs to 90 % and 95 % validation accuracy, the final
-accuracy and the wall time of both, and writes ``learning_curves.png``, ``bio_graph.svg`` and
-``results.json`` into ``--out``.
+accuracy and the wall time of both, then a one-line :func:`verdict` (faster or slower, higher
+or lower accuracy, or about the same), and writes ``learning_curves.png`` (with the 90 % and
+95 % lines), ``bio_graph.svg`` and ``results.json`` into ``--out``.
 
 Run it with ``biofx demo``, ``python -m biofx demo`` or :func:`main`. It needs the ``demo``
 extra: ``pip install "biofx[demo]"``. The training loop here (:func:`train`) is shared with
@@ -48,6 +49,8 @@ __all__ = [
     "train",
     "warm_up",
     "summarize",
+    "judge",
+    "verdict",
     "format_table",
     "plot_curves",
     "mean_ci95",
@@ -63,9 +66,11 @@ INSTALL_HINT = 'pip install "biofx[demo]"'
 #: Validation accuracies whose first epoch the demo reports.
 THRESHOLDS = (0.90, 0.95)
 
-#: The paper's settings: fuzzy learning rates f ~ U(1 − ν, 1 + ν) with ν = 0.09 applied in
-#: backward, rejuvenation with d_re = 14 after every optimizer step (biofx.hooks runs it in the
-#: optimizer post-step hook), Γ = 2 synapses per connection, crystallization off.
+#: The paper's settings: fuzzy learning rates f ~ U(1 − ν, 1 + ν) with ν = 0.09 (on each
+#: weight's update, the default ``acts_on``; for SGD the same as on the gradient), rejuvenation
+#: with d_re = 14 at every optimizer step (biofx.hooks runs it in the optimizer pre-step hook:
+#: after backward, before the update, as in the authors' loop), Γ = 2 synapses per
+#: connection, crystallization off.
 PAPER_CONFIG = BioConfig(
     fuzzy_learning_rate_factor_nu=0.09,
     fuzzy_lr_distribution="uniform",
@@ -82,6 +87,9 @@ DEFAULT_LR = 0.03
 DEFAULT_EPOCHS = 25
 DEFAULT_SEEDS = 3
 DEFAULT_BATCH_SIZE = 32
+
+#: The optimizers :func:`train` offers.
+OPTIMIZERS = ("sgd", "adam")
 
 
 class MissingDependency(ImportError):
@@ -218,18 +226,29 @@ def train(
     batch_size: int,
     seed: int,
     momentum: float = 0.0,
+    optimizer: str = "sgd",
+    before_step: Optional[Callable[[], None]] = None,
     on_epoch: Optional[Callable[[int, float], None]] = None,
 ) -> RunResult:
-    """Train with SGD and cross-entropy; evaluate on the validation part after every epoch.
+    """Train with SGD (or, with ``optimizer="adam"``, Adam) and cross-entropy; evaluate on the
+    validation part after every epoch.
 
     The batch order depends on ``seed`` only, so a plain and a bio model given the same seed
     see the same batches. The loop is the unchanged PyTorch loop: a bio model applies its
-    mechanisms by itself (in backward and in the optimizer-step hooks). ``on_epoch(epoch,
-    accuracy)`` is called after each epoch. The wall time excludes one warm-up step taken on
-    a throwaway copy of the model (see :func:`warm_up`).
+    mechanisms by itself (in backward and in the optimizer-step hooks). ``before_step()``, if
+    given, runs between ``loss.backward()`` and ``optimizer.step()`` (where the authors' loop
+    applies its rules). ``on_epoch(epoch, accuracy)`` is called after each epoch. The wall
+    time excludes one warm-up step taken on a throwaway copy of the model (see :func:`warm_up`).
     """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if optimizer == "adam" and momentum:
+        raise ValueError("momentum applies to SGD only")
     warm_up(model, data, lr, batch_size)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    if optimizer == "sgd":
+        step = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    else:
+        step = torch.optim.Adam(model.parameters(), lr=lr)
     order = torch.Generator().manual_seed(seed)
     n = len(data.x_train)
     curve = []
@@ -238,9 +257,11 @@ def train(
         model.train()
         for batch in torch.randperm(n, generator=order).split(batch_size):
             loss = nn.functional.cross_entropy(model(data.x_train[batch]), data.y_train[batch])
-            optimizer.zero_grad()
+            step.zero_grad()
             loss.backward()
-            optimizer.step()
+            if before_step is not None:
+                before_step()
+            step.step()
         curve.append(accuracy(model, data.x_val, data.y_val))
         if on_epoch is not None:
             on_epoch(epoch, curve[-1])
@@ -263,8 +284,67 @@ def summarize(runs: Sequence[RunResult]) -> dict:
     return summary
 
 
+#: Differences smaller than these are "about the same" in :func:`verdict` whatever the seeds
+#: say: epochs are counted whole, and one point of accuracy is under four validation images.
+EPOCH_RESOLUTION = 1.0
+ACCURACY_RESOLUTION = 0.01
+
+
+def judge(differences: Sequence[float], resolution: float, negative: str, positive: str) -> str:
+    """``negative`` or ``positive`` by the sign of the mean paired difference, or "about the same".
+
+    "About the same" when the mean's magnitude is below ``resolution`` or, with two or more
+    differences, when the 95 % confidence interval of the mean (:func:`mean_ci95`) contains 0.
+    """
+    mean, half = mean_ci95(torch.tensor(differences, dtype=torch.float64).view(-1, 1))
+    mean, half = float(mean), float(half)
+    if abs(mean) < resolution or (len(differences) > 1 and abs(mean) <= half):
+        return "about the same"
+    return negative if mean < 0 else positive
+
+
+def verdict(plain: Sequence[RunResult], bio: Sequence[RunResult], threshold: float = THRESHOLDS[0]) -> str:
+    """One line comparing ``bio`` with ``plain`` (paired by position: the same seeds).
+
+    Epochs to ``threshold`` are averaged over the seeds that reached it and judged (faster,
+    slower, about the same: :func:`judge`) on the seeds where both did; the final accuracy
+    over all seeds (higher, lower, about the same).
+    """
+    n, pct = len(plain), f"{round(threshold * 100)} %"
+
+    def reached(runs: Sequence[RunResult], unit: str = "") -> str:
+        epochs = [e for e in (run.epochs_to(threshold) for run in runs) if e is not None]
+        text = f"{statistics.fmean(epochs):.1f}{unit}"
+        return text + (f" ({len(epochs)}/{n} seeds)" if len(epochs) < n else "")
+
+    pairs = [(b.epochs_to(threshold), p.epochs_to(threshold)) for p, b in zip(plain, bio)]
+    bio_any, plain_any = any(b is not None for b, _ in pairs), any(p is not None for _, p in pairs)
+    if not bio_any and not plain_any:
+        speed = f"neither reached {pct}"
+    elif not plain_any:
+        speed = f"bio reached {pct} in {reached(bio, ' epochs')}, plain did not (faster)"
+    elif not bio_any:
+        speed = f"bio did not reach {pct}, plain did in {reached(plain, ' epochs')} (slower)"
+    else:
+        both = [b - p for b, p in pairs if b is not None and p is not None]
+        word = judge(both, EPOCH_RESOLUTION, "faster", "slower") if both else "no seed reached it in both"
+        speed = f"bio reached {pct} in {reached(bio, ' epochs')} vs {reached(plain)} ({word})"
+    finals = [b.curve[-1] - p.curve[-1] for p, b in zip(plain, bio)]
+    word = judge(finals, ACCURACY_RESOLUTION, "lower", "higher")
+    bio_final, plain_final = (statistics.fmean(run.curve[-1] for run in runs) for runs in (bio, plain))
+    return f"{speed}; final accuracy {bio_final:.3f} vs {plain_final:.3f} ({word})"
+
+
+#: What the columns of :func:`format_table` mean, printed under it.
+TABLE_NOTE = (
+    "epochs to N%: the first epoch whose validation accuracy reached N %, mean over the seeds that did "
+    "((k/n): k of n did)\nfinal accuracy: after the last epoch, mean ± std over the seeds; wall time: per run"
+)
+
+
 def format_table(summaries: dict) -> str:
-    """A text table of :func:`summarize` results, one row per name (``{"plain": ..., "bio": ...}``)."""
+    """A text table of :func:`summarize` results, one row per name (``{"plain": ..., "bio": ...}``),
+    followed by :data:`TABLE_NOTE`."""
     headers = [f"epochs to {round(t * 100)}%" for t in THRESHOLDS] + ["final accuracy", "wall time"]
     rows = []
     for name, s in summaries.items():
@@ -274,9 +354,10 @@ def format_table(summaries: dict) -> str:
         rows.append([name] + cells)
     table = [[""] + headers] + rows
     widths = [max(len(row[i]) for row in table) for i in range(len(headers) + 1)]
-    return "\n".join(
+    lines = [
         "  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]) for row in table
-    )
+    ]
+    return "\n".join(lines + [TABLE_NOTE])
 
 
 def _epochs_cell(summary: dict, threshold: float) -> str:
@@ -286,11 +367,12 @@ def _epochs_cell(summary: dict, threshold: float) -> str:
     return f"{mean:.1f}" + (f" ({reached}/{summary['seeds']})" if reached < summary["seeds"] else "")
 
 
-def plot_curves(curves: dict, ax, band: str = "minmax") -> None:
+def plot_curves(curves: dict, ax, band: str = "minmax", thresholds: Sequence[float] = THRESHOLDS) -> None:
     """Plot validation accuracy against epoch on ``ax``: per name, the mean over seeds and a band.
 
     ``curves`` maps a name to a list of per-seed curves. ``band`` is ``"minmax"`` (the range
     over seeds) or ``"ci95"`` (the 95 % confidence interval of the mean, see :func:`mean_ci95`).
+    Each of ``thresholds`` is marked by a dotted horizontal line labelled with its percentage.
     """
     if band not in ("minmax", "ci95"):
         raise ValueError(f"band must be 'minmax' or 'ci95', got {band!r}")
@@ -305,6 +387,10 @@ def plot_curves(curves: dict, ax, band: str = "minmax") -> None:
         (line,) = ax.plot(epochs, mean.tolist(), label=name)
         if table.shape[0] > 1:
             ax.fill_between(epochs, low.tolist(), high.tolist(), color=line.get_color(), alpha=0.2, linewidth=0)
+    for threshold in thresholds:
+        ax.axhline(threshold, color="0.4", linestyle=":", linewidth=1, zorder=0)
+        ax.annotate(f"{round(threshold * 100)} %", (0, threshold), xycoords=("axes fraction", "data"),
+                    xytext=(2, 2), textcoords="offset points", fontsize=8, color="0.3")
     ax.xaxis.set_major_locator(require("matplotlib.ticker", "matplotlib").MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
@@ -431,6 +517,7 @@ def main(argv: Optional[list] = None) -> int:
         f"mean over {args.seeds} seed(s)"
     )
     print(format_table(results["summary"]))
+    print(f"verdict: {results['verdict']}")
     print(f"wrote {', '.join(results['files'].values())}")
     return 0
 
@@ -481,6 +568,7 @@ def _run(args: argparse.Namespace, data: Digits, tqdm) -> dict:
         "bio_config": json.loads(PAPER_CONFIG.to_json()),
         "runs": {name: [run.to_dict() for run in r] for name, r in runs.items()},
         "summary": {name: summarize(r) for name, r in runs.items()},
+        "verdict": verdict(runs["plain"], runs["bio"]),
         "files": files,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -238,6 +238,7 @@ def test_warm_up_leaves_the_model_and_its_bio_state_alone():
 
 def _reproduce_module(monkeypatch):
     path = Path(__file__).resolve().parents[1] / "tools" / "reproduce.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # it imports tools/authors_loop.py
     spec = importlib.util.spec_from_file_location("biofx_tools_reproduce", path)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
@@ -260,3 +261,150 @@ def test_reproduce_grid_is_the_papers(monkeypatch):
         assert cfg.rejuvenate_every == (1 if "rejuvenation" in c.mechanism else 0)
         assert cfg.fuzzy_learning_rate_factor_nu == 0.09 and cfg.rejuvenation_parameter_dre == 14.0
         assert "crystallize" not in cfg.automatic
+
+
+def _runs(first_epochs, finals, threshold=0.9):
+    """Runs whose curve first reaches ``threshold`` at the given epoch (None: never) and ends at ``finals``."""
+    runs = []
+    for seed, (epoch, final) in enumerate(zip(first_epochs, finals)):
+        curve = [0.5] * 9 + [final]
+        if epoch is not None:
+            curve[epoch - 1 : 9] = [threshold] * (10 - epoch)
+        runs.append(demo.RunResult(seed, curve, 1.0))
+    return runs
+
+
+def test_verdict_faster_and_lower():
+    plain = _runs([6, 7, 7], [0.970, 0.969, 0.971])
+    bio = _runs([3, 3, 3], [0.930, 0.940, 0.935])
+    expected = "bio reached 90 % in 3.0 epochs vs 6.7 (faster); final accuracy 0.935 vs 0.970 (lower)"
+    assert demo.verdict(plain, bio) == expected
+    flipped = demo.verdict(bio, plain)
+    assert flipped == "bio reached 90 % in 6.7 epochs vs 3.0 (slower); final accuracy 0.970 vs 0.935 (higher)"
+
+
+def test_verdict_about_the_same_within_the_interval_or_the_resolution():
+    # paired epoch differences +1, -1, 0 and accuracy differences within ±0.003: the CI holds 0
+    plain = _runs([5, 6, 7], [0.960, 0.965, 0.970])
+    bio = _runs([6, 5, 7], [0.963, 0.962, 0.970])
+    assert demo.verdict(plain, bio).count("(about the same)") == 2
+    # one seed: no interval, so differences under the resolution are "about the same"
+    one = demo.verdict(_runs([6], [0.960]), _runs([6], [0.966]))
+    assert one == (
+        "bio reached 90 % in 6.0 epochs vs 6.0 (about the same); final accuracy 0.966 vs 0.960 (about the same)"
+    )
+    one = demo.verdict(_runs([6], [0.96]), _runs([5], [0.98]))
+    assert one.endswith("(faster); final accuracy 0.980 vs 0.960 (higher)")
+    # a consistent but noisy difference whose 95 % CI reaches 0 is not called
+    assert demo.judge([-3.0, 1.0], 1.0, "faster", "slower") == "about the same"
+    assert demo.judge([-3.0, -3.0, -2.0], 1.0, "faster", "slower") == "faster"
+
+
+def test_verdict_when_thresholds_are_missed():
+    never = _runs([None, None], [0.8, 0.8])
+    assert demo.verdict(never, never).startswith("neither reached 90 %;")
+    bio_only = demo.verdict(_runs([None, None], [0.8, 0.8]), _runs([4, None], [0.91, 0.85]))
+    assert bio_only.startswith("bio reached 90 % in 4.0 epochs (1/2 seeds), plain did not (faster);")
+    plain_only = demo.verdict(_runs([4, 5], [0.91, 0.92]), _runs([None, None], [0.8, 0.8]))
+    assert plain_only.startswith("bio did not reach 90 %, plain did in 4.5 epochs (slower);")
+    partial = demo.verdict(_runs([5, 6, 5], [0.95] * 3), _runs([2, None, 2], [0.95, 0.85, 0.95]))
+    assert partial.startswith("bio reached 90 % in 2.0 epochs (2/3 seeds) vs 5.3 (faster)")
+
+
+def test_demo_prints_the_verdict_and_explains_the_table(demo_run):
+    results = _results(demo_run)
+    lines = demo_run["stdout"].splitlines()
+    runs = {
+        name: [demo.RunResult(r["seed"], r["curve"], r["wall_time_s"]) for r in rs]
+        for name, rs in results["runs"].items()
+    }
+    assert results["verdict"] == demo.verdict(runs["plain"], runs["bio"])
+    assert f"verdict: {results['verdict']}" in lines
+    assert demo.TABLE_NOTE in demo_run["stdout"]
+    assert "the first epoch whose validation accuracy reached N %" in demo.TABLE_NOTE
+
+
+def test_learning_curves_mark_the_thresholds():
+    figure, (ax,) = demo.new_figure("t")
+    demo.plot_curves({"plain": [[0.5, 0.92, 0.96]], "bio": [[0.6, 0.94, 0.97]]}, ax)
+    horizontal = sorted(line.get_ydata()[0] for line in ax.lines if len(set(line.get_ydata())) == 1)
+    assert horizontal == [0.90, 0.95]
+    assert sorted(text.get_text() for text in ax.texts) == ["90 %", "95 %"]
+    assert len(ax.lines) == 4  # two curves, two threshold lines
+
+
+def test_train_runs_before_step_between_backward_and_step_and_offers_adam():
+    full = demo.load_digits_split()
+    data = demo.Digits(full.x_train[:96], full.y_train[:96], full.x_val[:32], full.y_val[:32])
+    torch.manual_seed(0)
+    model = demo.build_model("mlp")
+    seen = []
+
+    def before_step():
+        seen.append((model[0].weight.grad.abs().sum().item(), model[0].weight.detach().clone()))
+
+    start = model[0].weight.detach().clone()
+    with demo.single_thread():
+        demo.train(model, data, epochs=1, lr=1e-3, batch_size=32, seed=0, optimizer="adam", before_step=before_step)
+    assert len(seen) == 3 and all(g > 0 for g, _ in seen)  # once per batch, with the gradient there
+    torch.testing.assert_close(seen[0][1], start, rtol=0, atol=0)  # before the first update
+    # Adam's first step moves every weight with a gradient by about lr
+    assert (seen[1][1] - start).abs().max().item() == pytest.approx(1e-3, rel=1e-3)
+    with pytest.raises(ValueError, match="optimizer"):
+        demo.train(model, data, epochs=1, lr=1e-3, batch_size=32, seed=0, optimizer="rmsprop")
+
+
+def test_reproduce_parity_and_adam_rows(monkeypatch):
+    reproduce = _reproduce_module(monkeypatch)
+    parity = reproduce.parity_conditions()
+    assert [(c.mechanism, c.gamma, c.implementation) for c in parity] == [
+        (m, g, i)
+        for g in (0, 2)
+        for m in ("rejuvenation", "fuzzy+rejuvenation")
+        for i in (reproduce.AUTHORS, reproduce.AUTHORS_AGAIN, reproduce.TORCH_DRAWS)
+    ]
+    grid = {(c.mechanism, c.gamma): c.config for c in reproduce.conditions()}
+    assert all(c.config == grid[(c.mechanism, c.gamma)] for c in parity)  # the same settings as biofx's rows
+    plain, update, gradient = reproduce.adam_conditions()
+    assert plain.config is None and {c.optimizer for c in (plain, update, gradient)} == {"adam"}
+    assert (update.config.acts_on, gradient.config.acts_on) == ("update", "gradient")
+    assert update.reference == gradient.reference == plain.label
+    labels = [c.label for c in reproduce.conditions() + [reproduce.CONTROL] + parity + [plain, update, gradient]]
+    assert len(set(labels)) == len(labels)
+
+
+def test_reproduce_prepares_the_authors_rule_with_torch_draws(monkeypatch):
+    reproduce = _reproduce_module(monkeypatch)
+    torch.manual_seed(0)
+    base = demo.build_model("mlp")
+    condition = next(
+        c
+        for c in reproduce.parity_conditions()
+        if c.implementation == reproduce.AUTHORS and c.mechanism == "fuzzy+rejuvenation" and c.gamma == 2
+    )
+    model, before_step, _ = reproduce.prepare(condition, base, seed=3, n_outputs=10)
+    assert not hasattr(model, "bio_layers")  # no biofx in it
+    assert [len(m._forward_hooks) for m in (model[0], model[2], model[4])] == [1, 1, 0]  # classifier not split
+    rule = before_step.__self__
+    generator = torch.Generator().manual_seed(3)
+    layers = (model[0], model[2], model[4])
+    expected = [1 + (2 * torch.rand(m.weight.shape, generator=generator) * 0.09 - 0.09) for m in layers]
+    for f, e in zip(rule.f, expected):
+        torch.testing.assert_close(f, e, rtol=0, atol=0)
+    # the purge continues on the same generator: torch.normal, then torch.rand, layer by layer
+    assert rule.draws.generator.get_state().equal(generator.get_state())
+
+
+def test_reproduce_torch_draws_replace_and_restore_biofx_rng(monkeypatch):
+    reproduce = _reproduce_module(monkeypatch)
+    from biofx import rng
+
+    key, counter = torch.tensor(5), torch.tensor(0)
+    original = rng.uniform
+    with reproduce.torch_draws(7):
+        drawn = rng.uniform((3, 4), key, counter, rng.REJUVENATE_VALUE)
+        normal = rng.normal((6,), key, counter, rng.REJUVENATE_THRESHOLD)
+    generator = torch.Generator().manual_seed(7)
+    torch.testing.assert_close(drawn, torch.rand((3, 4), generator=generator), rtol=0, atol=0)
+    torch.testing.assert_close(normal, torch.normal(0.0, 1.0, (6,), generator=generator), rtol=0, atol=0)
+    assert rng.uniform is original

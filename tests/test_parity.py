@@ -8,9 +8,9 @@ The authors' experiments (CeadeS/BioLearn, ``bionet``: ``BioModule.scale_grad``,
 with ``purge``: σ = max|W|/d_re, t = |N(0, σ)|, where t > |w|: w ← (U·max − max/2)·2; and
 ``crystallize``: where |g|/|w| < thresh or |g| > mean|w|, f ← f·dampening (g already g·f).
 
-Below is an independent implementation of those rules and that order, written from the
-description above (not from biofx), fed the same random numbers as biofx (``biofx.rng``
-with each layer's key, the rejuvenation counter and the same streams). Trained side by side
+``tools/authors_loop.py`` implements those rules and that order independently of biofx;
+here it is fed the same random numbers as biofx (``CounterDraws``: ``biofx.rng`` with each
+layer's key, the rejuvenation counter and the same streams). Trained side by side
 from the same initial weights and batches, biofx's automatic path must give the same
 weights at every one of 120 steps: bit for bit when fuzzy acts on the gradient (the authors'
 formulation) and to float32 rounding when it acts on the update (biofx's default; for SGD
@@ -18,6 +18,8 @@ the same rule).
 """
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import biofx
-from biofx import rng
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from authors_loop import AuthorsRule, CounterDraws  # noqa: E402
 
 NU, DRE, LR, STEPS, BATCH = 0.09, 14.0, 0.03, 120, 32
 
@@ -44,45 +48,16 @@ def mlp() -> nn.Module:
 
 
 class AuthorsLoop:
-    """The authors' rules and loop order, fed biofx's random numbers."""
+    """The authors' loop: zero_grad, backward, their rules (``tools/authors_loop.py``), step."""
 
-    def __init__(self, model: nn.Module, multipliers: list, keys: list, crystal_thresh: float, dampening: float):
-        self.model = model
-        self.layers = [m for m in model if isinstance(m, nn.Linear)]
-        self.f = [m.clone() for m in multipliers]
-        self.keys = keys
-        self.thresh, self.dampening = crystal_thresh, dampening
+    def __init__(self, model: nn.Module, rule: AuthorsRule):
+        self.model, self.rule = model, rule
         self.optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-        self.purges = 0
-        self.replaced = 0
-
-    @torch.no_grad()
-    def purge(self, layer: nn.Linear, key: torch.Tensor) -> None:
-        w = layer.weight
-        maxi = w.abs().max()
-        counter = torch.tensor(self.purges)
-        threshold = (rng.normal(w.shape, key, counter, rng.REJUVENATE_THRESHOLD) * (maxi / DRE)).abs()
-        fresh = (rng.uniform(w.shape, key, counter, rng.REJUVENATE_VALUE) * maxi - maxi / 2.0) * 2.0
-        replace = threshold > w.abs()
-        w[replace] = fresh[replace]
-        self.replaced += int(replace.sum())
-
-    @torch.no_grad()
-    def crystallize(self, layer: nn.Linear, f: torch.Tensor) -> None:
-        weight, grad = layer.weight.abs(), layer.weight.grad.abs()
-        settled = (grad / weight < self.thresh) | (grad > weight.mean())
-        f[settled] = f[settled] * self.dampening
 
     def step(self, x, y) -> None:
         self.model.zero_grad()
         F.cross_entropy(self.model(x), y).backward()
-        for layer, f in zip(self.layers, self.f):
-            layer.weight.grad *= f
-        for layer, key in zip(self.layers, self.keys):
-            self.purge(layer, key)
-        self.purges += 1
-        for layer, f in zip(self.layers, self.f):
-            self.crystallize(layer, f)
+        self.rule.before_step()
         self.optimizer.step()
 
 
@@ -100,13 +75,14 @@ def test_biofx_follows_the_authors_loop_for_120_steps(acts_on):
         seed=4,
     )
     layers = bio.bio_layers()
-    authors = AuthorsLoop(
+    rule = AuthorsRule(
         authors_model,
-        [layer.fuzzy_lr for layer in layers],
-        [layer.rng_key for layer in layers],
-        layers[0].config.crystal_thresh,
-        layers[0].config.dampening_factor,
+        dre=DRE,
+        draws=CounterDraws([layer.rng_key for layer in layers]),
+        multipliers=[layer.fuzzy_lr for layer in layers],
+        crystallize=(layers[0].config.crystal_thresh, layers[0].config.dampening_factor),
     )
+    authors = AuthorsLoop(authors_model, rule)
     optimizer = torch.optim.SGD(bio.parameters(), lr=LR)
     xs, ys = digits_like(STEPS, BATCH)
     initial_f = [layer.fuzzy_lr.clone() for layer in layers]
@@ -115,7 +91,7 @@ def test_biofx_follows_the_authors_loop_for_120_steps(acts_on):
         F.cross_entropy(bio(xs[t]), ys[t]).backward()
         optimizer.step()
         authors.step(xs[t], ys[t])
-        for layer, theirs_f, theirs in zip(layers, authors.f, authors.layers):
+        for layer, theirs_f, theirs in zip(layers, rule.f, rule.layers):
             if acts_on == "gradient":
                 assert torch.equal(layer.weight, theirs.weight), (t, layer.layer_name)
                 assert torch.equal(layer.fuzzy_lr, theirs_f), (t, layer.layer_name)
@@ -123,5 +99,19 @@ def test_biofx_follows_the_authors_loop_for_120_steps(acts_on):
                 torch.testing.assert_close(layer.weight, theirs.weight, rtol=1e-5, atol=1e-6, msg=f"step {t}")
                 torch.testing.assert_close(layer.fuzzy_lr, theirs_f, rtol=1e-6, atol=0, msg=f"step {t}")
     # the comparison exercised both rules, not just SGD
-    assert int(layers[0].rejuvenations) == STEPS and authors.replaced > 0
+    assert int(layers[0].rejuvenations) == STEPS and rule.replaced > 0
     assert any(not torch.equal(layer.fuzzy_lr, f0) for layer, f0 in zip(layers, initial_f))
+
+
+def test_the_authors_weight_splitting_is_biofxs():
+    """Γ = 2: the authors' ``accum_func`` on every layer but the classifier gives biofx's outputs."""
+    from authors_loop import split_outputs
+
+    plain = mlp()
+    unsplit, authors_model = copy.deepcopy(plain), copy.deepcopy(plain)
+    handles = split_outputs(authors_model, 2, n_outputs=10)
+    bio = biofx.transform(plain, weight_splitting_Gamma=2, automatic=())
+    x = torch.randn(7, 64)
+    assert len(handles) == 2
+    torch.testing.assert_close(bio(x), authors_model(x), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(unsplit(x), authors_model(x))  # splitting changed the outputs
