@@ -16,17 +16,15 @@ must agree bit for bit on the gathered tensors.
 
 import datetime
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
 
 import biofx
 import biofx.kernels
+from _spawn import free_port, run_workers
 from biofx.config import BioConfig, ConfigMap, Distribution
 
 pytestmark = [
@@ -168,31 +166,11 @@ def _worker(rank, port, out_dir, fused):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory):
     """Run the two ranks once (bounded by TIMEOUT_S); return their output folder and any failure."""
     out_dir = str(tmp_path_factory.mktemp("fsdp"))
-    args = (_free_port(), out_dir, biofx.kernels.enabled())
-    context = mp.start_processes(_worker, args=args, nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    failure = None
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
-            if time.monotonic() > deadline:
-                failure = f"FSDP workers did not finish within {TIMEOUT_S} s"
-                break
-    except Exception as err:  # a rank crashed: the modes it finished before still count
-        failure = f"{type(err).__name__}: {err}"
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
+    failure = run_workers(_worker, (free_port(), out_dir, biofx.kernels.enabled()), WORLD, TIMEOUT_S, "FSDP")
     return out_dir, failure
 
 
