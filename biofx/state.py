@@ -135,6 +135,7 @@ class BioSynapses(nn.Module):
         self._updates = 0
         self._step = 0
         self._before_step: Optional[torch.Tensor] = None  # the weight before the step (acts_on="update")
+        self._interneuron_steps: list = []  # DANN's interneuron weights before the step (acts_on="update")
         #: other modules' names for this weight when non-bio modules read it too (tied weights)
         self.shared_with: tuple = ()
         if self.managed and register:
@@ -308,6 +309,7 @@ class BioSynapses(nn.Module):
         ``acts_on="update"`` the weight is kept so :meth:`after_step` can rescale the update;
         crystallization then waits until the update has used this step's multipliers.
         """
+        self._interneuron_steps = self._correct_interneurons_before_step()
         has_grad = self.weight.grad is not None
         if has_grad and self.shared_with and self.config.acts_on == "gradient":
             if self.automatic("fuzzy"):
@@ -329,6 +331,10 @@ class BioSynapses(nn.Module):
     @torch.no_grad()
     def after_step(self) -> None:
         """Rescale the update just taken (``acts_on="update"``), then crystallize on it."""
+        steps, self._interneuron_steps = self._interneuron_steps, []
+        for parameter, scale, before in steps:  # DANN's corrected interneuron updates
+            local = sharding.local(parameter)
+            local.copy_(torch.lerp(before, local, scale))
         before, self._before_step = self._before_step, None
         if before is None:
             return
@@ -351,6 +357,26 @@ class BioSynapses(nn.Module):
             offset=sharding.offset(where),
             mean_magnitude=mean_magnitude,
         )
+
+    def _correct_interneurons_before_step(self) -> list:
+        """DANN's interneuron updates scaled by :func:`~biofx.mechanisms.dale.interneuron_update_scales`:
+        with ``acts_on="gradient"`` their gradients now (for SGD the same), otherwise their
+        updates after the step (any optimizer): returns ``(parameter, scale, value before)``."""
+        config = self.config
+        if not (config.apply_dales_principle and config.dale_mode == "dann"):
+            return []
+        n_e = self.weight.shape[self.kind.out_axis]
+        scales = dale.interneuron_update_scales(n_e, self.weight.numel() // n_e)
+        steps = []
+        for name, scale in zip(dale.INTERNEURON_PARAMS, scales):
+            parameter = getattr(self.layer, name)
+            if parameter.grad is None:
+                continue
+            if config.acts_on == "gradient":
+                sharding.local(parameter.grad).mul_(scale)
+            else:
+                steps.append((parameter, scale, sharding.local(parameter).detach().clone()))
+        return steps
 
     # -- state mechanisms --------------------------------------------------------------------
     def update_fuzzy(self) -> None:
