@@ -487,9 +487,10 @@ def default_threads() -> Optional[int]:
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", default=",".join(BENCHES), help="comma-separated: mlp,cnn (default both)")
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per variant (default 100)")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per variant (default 200)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per variant first (default 10)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="interleaved timing rounds, turn order rotating (default 10)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: 1 with at most 2 cores, else torch's)")
