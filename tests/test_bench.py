@@ -20,11 +20,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 EAGER = {"plain": None, "biofx_explicit": "plain", "biofx_automatic": "plain", "biofx_default": "plain"}
 VARIANT_KEYS = {
     "median_ms", "min_ms", "max_ms", "steps", "round_ms", "baseline", "ratio", "ratio_lo", "ratio_hi",
-    "first_step_s", "warmup_s", "step_peak_bytes", "params_finite",
+    "first_step_s", "first_step_cache", "warmup_s", "step_peak_bytes", "params_finite",
 }
 META_KEYS = {
     "timestamp", "device", "device_name", "cpu_count", "threads", "torch", "biofx", "reference", "python",
-    "steps", "warmup", "rounds", "small", "compile", "fused_kernels", "memory_method",
+    "steps", "warmup", "rounds", "small", "compile", "fused_kernels", "cold_compile",
+    "compiler_warmup_s", "memory_method",
 }
 STEPS, ROUNDS = 6, 3
 
@@ -57,7 +58,8 @@ def test_meta(report):
     meta = report["meta"]
     assert META_KEYS <= set(meta)
     assert meta["device"] == "cpu" and meta["compile"] is False and meta["small"] is True
-    assert meta["fused_kernels"] is False
+    assert meta["fused_kernels"] is False and meta["cold_compile"] is False
+    assert meta["compiler_warmup_s"] is None  # nothing compiles: no compiler warm-up
     assert (meta["steps"], meta["warmup"], meta["rounds"]) == (STEPS, 2, ROUNDS)
     assert meta["threads"] == (1 if os.cpu_count() <= 2 else torch.get_num_threads())  # the threads used
     assert "profiler" in meta["memory_method"]
@@ -100,6 +102,7 @@ def test_variants_and_ratios_come_from_the_same_run(report, bench):
             assert len(v["round_ms"]) == ROUNDS
             assert all(v["min_ms"] <= ms <= v["max_ms"] for ms in v["round_ms"])
             assert 0 < v["first_step_s"] <= v["warmup_s"]
+            assert v["first_step_cache"] == {"hits": 0, "misses": 0}  # nothing compiled
             assert v["params_finite"] is True
             assert v["baseline"] == expected[name]
             if v["baseline"] is None:
@@ -167,9 +170,27 @@ def test_compile_line_compares_the_first_steps(report, bench):
     result = json.loads(json.dumps(report["benches"]["mlp"]))
     plain = dict(result["variants"]["plain"], first_step_s=2.0)
     result["variants"]["plain_compiled"] = plain
-    result["variants"]["biofx_automatic_compiled"] = dict(plain, first_step_s=5.0, baseline="plain_compiled")
-    assert "compile (first step): biofx_automatic_compiled 5.0 s vs plain_compiled 2.0 s = 2.5 x" in (
-        bench.format_bench("mlp", result))
+    result["variants"]["biofx_automatic_compiled"] = dict(
+        plain, first_step_s=5.0, baseline="plain_compiled", first_step_cache={"hits": 1, "misses": 3})
+    line = "compile (first step): biofx_automatic_compiled 5.0 s vs plain_compiled 2.0 s = 2.5 x"
+    assert f"{line} (Inductor cache hits/misses: 1/3 vs 0/0;" in bench.format_bench("mlp", result)
+    assert f"{line} (caches disabled: full compiles)" in bench.format_bench("mlp", result, cold_compile=True)
+
+
+def test_cold_compile_disables_the_caches_for_the_run_only(bench, monkeypatch):
+    seen = []
+    real = bench.run_bench
+
+    def spy(name, args, device):
+        seen.append(torch.compiler.config.force_disable_caches)
+        return real(name, args, device)
+
+    monkeypatch.setattr(bench, "run_bench", spy)
+    before = torch.compiler.config.force_disable_caches
+    report = bench.main(["--small", "--no-compile", "--unfused", "--cold-compile", "--bench", "mlp", "--steps", "2",
+                         "--warmup", "1", "--rounds", "1", "--out", ""])
+    assert seen == [True] and report["meta"]["cold_compile"] is True
+    assert torch.compiler.config.force_disable_caches == before
 
 
 def test_each_table_is_printed_when_its_bench_ends(bench, monkeypatch, capsys):

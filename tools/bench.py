@@ -139,6 +139,7 @@ class Variant:
     times: list = field(default_factory=list)  # seconds per timed step, all rounds
     round_ms: list = field(default_factory=list)  # the median step of each round, in ms
     first_step_s: float = 0.0  # the first warmup step: compilation for compiled variants
+    first_step_cache: dict = field(default_factory=dict)  # Inductor cache hits/misses in the first step
     warmup_s: float = 0.0  # all warmup steps, the first included
 
 
@@ -277,16 +278,42 @@ def _step_peak_bytes(variant: Variant, device: torch.device) -> int:
     return peak
 
 
+def _inductor_cache_counts() -> dict:
+    """Inductor's FX-graph cache lookups so far in this process (hits: loaded, misses: compiled)."""
+    from torch._dynamo.utils import counters
+
+    return {"hits": counters["inductor"]["fxgraph_cache_hit"], "misses": counters["inductor"]["fxgraph_cache_miss"]}
+
+
 def _warm_up(variant: Variant, steps: int, device: torch.device) -> None:
-    """``steps`` untimed steps; the first one's wall time is kept as ``first_step_s``."""
+    """``steps`` untimed steps; the first one's wall time is kept as ``first_step_s``, and the
+    Inductor cache lookups it made as ``first_step_cache`` (a hit loads a kernel compiled by an
+    earlier run from the on-disk cache, which makes the first step far cheaper)."""
+    before = _inductor_cache_counts()
     start = time.perf_counter()
     variant.step()
     _sync(device)
     variant.first_step_s = time.perf_counter() - start
+    after = _inductor_cache_counts()
+    variant.first_step_cache = {key: after[key] - before[key] for key in after}
     for _ in range(steps - 1):
         variant.step()
     _sync(device)
     variant.warmup_s = time.perf_counter() - start
+
+
+def warm_up_compiler(device: torch.device) -> float:
+    """Compile one tiny training step, so that the first variant to compile is not charged for
+    what any first ``torch.compile`` of a process pays once (imports, Dynamo and Inductor setup).
+    Returns the seconds it took."""
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    tiny = nn.Linear(3, 2).to(device)
+    compiled = torch.compile(tiny, fullgraph=True)
+    compiled(torch.randn(4, 3, device=device)).sum().backward()
+    _sync(device)
+    torch._dynamo.reset()  # forget the tiny model's code: nothing of it stays cached but the setup
+    return time.perf_counter() - start
 
 
 def _ratios(variant: Variant, by_name: dict) -> list:
@@ -339,6 +366,7 @@ def run_bench(name: str, args: argparse.Namespace, device: torch.device) -> dict
             "ratio_lo": min(ratios) if ratios else None,
             "ratio_hi": max(ratios) if ratios else None,
             "first_step_s": variant.first_step_s,
+            "first_step_cache": variant.first_step_cache,
             "warmup_s": variant.warmup_s,
             "step_peak_bytes": _step_peak_bytes(variant, device),
             "params_finite": all(bool(torch.isfinite(p).all()) for p in variant.model.parameters()),
@@ -402,6 +430,8 @@ def _meta(args: argparse.Namespace, device: torch.device) -> dict:
         "small": args.small,
         "compile": not args.no_compile,
         "fused_kernels": not args.unfused,
+        "cold_compile": args.cold_compile,
+        "compiler_warmup_s": None,  # set by main() when a variant compiles
         "memory_method": MEMORY_METHOD[device.type],
     }
 
@@ -433,11 +463,16 @@ def format_meta(meta: dict) -> str:
     )
 
 
+def _cache(variant: dict) -> str:
+    counts = variant.get("first_step_cache") or {"hits": 0, "misses": 0}
+    return f"{counts['hits']}/{counts['misses']}"
+
+
 def _size(nbytes: int) -> str:
     return f"{nbytes / 2**20:.2f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
 
 
-def format_bench(bench: str, result: dict) -> str:
+def format_bench(bench: str, result: dict, cold_compile: bool = False) -> str:
     """One bench's table: header, a row per variant, then its notes."""
     lines = [_HEADER, "-" * len(_HEADER)]
     variants = result["variants"]
@@ -450,10 +485,13 @@ def format_bench(bench: str, result: dict) -> str:
             f"{v['baseline'] or '':<15} {v['first_step_s']:>7.2f} s {peak:>10}"
         )
     if "biofx_automatic_compiled" in variants and "plain_compiled" in variants:
-        bio, plain = variants["biofx_automatic_compiled"]["first_step_s"], variants["plain_compiled"]["first_step_s"]
+        bio, plain = variants["biofx_automatic_compiled"], variants["plain_compiled"]
         lines.append(
-            f"compile (first step): biofx_automatic_compiled {bio:.1f} s vs plain_compiled {plain:.1f} s "
-            f"= {bio / plain:.1f} x"
+            f"compile (first step): biofx_automatic_compiled {bio['first_step_s']:.1f} s vs plain_compiled "
+            f"{plain['first_step_s']:.1f} s = {bio['first_step_s'] / plain['first_step_s']:.1f} x "
+            + ("(caches disabled: full compiles)" if cold_compile else
+               f"(Inductor cache hits/misses: {_cache(bio)} vs {_cache(plain)}; a hit reuses an earlier run's "
+               f"kernel, --cold-compile for full compiles)")
         )
     lines.append(
         f"bio state: {result['bio_state_bytes']} bytes for {result['bio_weights']} weights "
@@ -474,7 +512,8 @@ def format_bench(bench: str, result: dict) -> str:
 def format_table(report: dict) -> str:
     """The whole report as plain text: what ``main`` prints, bench by bench, as it goes."""
     parts = [format_meta(report["meta"])]
-    parts += [format_bench(bench, result) for bench, result in report["benches"].items()]
+    cold = report["meta"].get("cold_compile", False)
+    parts += [format_bench(bench, result, cold) for bench, result in report["benches"].items()]
     return "\n\n".join(parts)
 
 
@@ -495,6 +534,8 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: 1 with at most 2 cores, else torch's)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--cold-compile", action="store_true",
+                        help="disable torch.compile's caches, so that 1st step is a full compile every run")
     parser.add_argument("--unfused", action="store_true", help="biofx's eager mechanisms op by op (BIOFX_FUSED=0)")
     parser.add_argument("--small", action="store_true", help="tiny models and batches (for tests)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="also list each variant's top N ops")
@@ -532,9 +573,14 @@ def main(argv: Optional[list] = None) -> dict:
     report = {"meta": _meta(args, device), "benches": {}}
     print(format_meta(report["meta"]), flush=True)
     try:
-        for name in args.bench:
-            report["benches"][name] = run_bench(name, args, device)
-            print("\n" + format_bench(name, report["benches"][name]), flush=True)
+        with torch.compiler.config.patch(force_disable_caches=args.cold_compile), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # --cold-compile: expected
+            if not args.no_compile or not args.unfused:  # some variant compiles (torch.compile or fused kernels)
+                report["meta"]["compiler_warmup_s"] = warm_up_compiler(device)
+                _progress(f"warmed up the compiler in {report['meta']['compiler_warmup_s']:.1f} s")
+            for name in args.bench:
+                report["benches"][name] = run_bench(name, args, device)
+                print("\n" + format_bench(name, report["benches"][name], args.cold_compile), flush=True)
     finally:
         kernels.set_enabled(*previous_kernels)
         torch.set_num_threads(previous_threads)
