@@ -19,7 +19,12 @@ backward, the bio mechanisms, ``SGD.step``. Every variant trains a copy of the s
 
 Timing: each variant is warmed up (``--warmup`` steps; the first of them is timed on its own and
 reported as ``first_step_s``: for the compiled variants that is the compile time, for the eager
-ones the first call's cost, biofx's fused kernels included). The timed steps then run in
+ones the first call's cost, biofx's fused kernels included). Before the first variant, a tiny
+model is compiled once (``meta.compiler_warmup_s``), so that the one-off setup of a process's
+first ``torch.compile`` is not charged to whichever variant compiles first. Inductor's on-disk
+cache makes a compile that an earlier run already did much cheaper; ``first_step_cache`` counts
+the first step's cache hits and misses, and ``--cold-compile`` disables the caches so that
+``first_step_s`` is a full compile in every run. The timed steps then run in
 ``--rounds`` rounds; in every round each variant takes its turn (``--steps / --rounds`` steps),
 and the order of the turns rotates by one variant from round to round (:func:`round_order`), so
 that no variant always runs right after the same neighbour and a change in the machine's load
@@ -56,6 +61,7 @@ Usage::
     python tools/bench.py                       # CPU, both benches, JSON to bench-results/
     python tools/bench.py --device cuda --steps 200
     python tools/bench.py --bench mlp --no-compile --out /tmp/mlp.json
+    python tools/bench.py --bench mlp --cold-compile  # compile times without Inductor's caches
 """
 
 from __future__ import annotations
