@@ -20,6 +20,7 @@ compiler and long runs pay a few seconds once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -57,6 +58,16 @@ def after_calls() -> int:
     return _STATE["after_calls"]
 
 
+def _specialized_floats():
+    """A context in which Python floats (config values, polynomial coefficients) compile in as
+    constants. Left symbolic, as ``dynamic=True`` would, each becomes a tensor input built on
+    every call (about 20 ``torch.as_tensor`` per call of the volume kernel, doubling its fixed
+    cost). A changed value recompiles; the values are config constants. Made once, reused."""
+    if "specialize_floats" not in _STATE:
+        _STATE["specialize_floats"] = torch._dynamo.config.patch(specialize_float=True)
+    return _STATE["specialize_floats"]
+
+
 def fused(fn: Callable) -> Callable:
     """Run ``fn`` as one compiled kernel once it is hot (see the module docstring)."""
     state = {"calls": 0, "compiled": None, "failed": False}
@@ -72,7 +83,8 @@ def fused(fn: Callable) -> Callable:
             log.info("biofx: compiling the fused kernel %s (once per process)", fn.__qualname__)
             state["compiled"] = torch.compile(fn, dynamic=True, fullgraph=True)
         try:
-            return state["compiled"](*args, **kwargs)
+            with _specialized_floats():
+                return state["compiled"](*args, **kwargs)
         except Exception as err:  # a broken toolchain must not stop training
             state["failed"] = True
             warnings.warn(
@@ -85,3 +97,16 @@ def fused(fn: Callable) -> Callable:
 
     wrapper.unfused = fn
     return wrapper
+
+
+@contextlib.contextmanager
+def flat_views(*tensors: torch.Tensor):
+    """Flat views of ``tensors`` for a kernel that writes into them: a fused kernel that
+    updates its inputs in place stores its results once, where returning them would cost a
+    second pass to copy them back. A non-contiguous tensor (e.g. a channels-last weight) is
+    worked on as a contiguous copy and written back on exit."""
+    flats = [t.view(-1) if t.is_contiguous() else t.contiguous().view(-1) for t in tensors]
+    yield flats
+    for tensor, flat in zip(tensors, flats):
+        if not tensor.is_contiguous():
+            tensor.copy_(flat.view(tensor.shape))

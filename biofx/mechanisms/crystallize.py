@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from ..config import BioConfig
-from ..kernels import fused
+from ..kernels import flat_views, fused
 
 
 def mask(
@@ -29,16 +29,16 @@ def mask(
 
 
 @fused
-def crystallized(
+def crystallize_flat_(
     multipliers: torch.Tensor,
     weight: torch.Tensor,
     grad: torch.Tensor,
     crystal_thresh: float,
     dampening: float,
     mean_magnitude: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """The multipliers after one crystallization (one pass, no host sync, no indexing)."""
-    return multipliers * torch.where(mask(weight, grad, crystal_thresh, mean_magnitude), dampening, 1.0)
+) -> None:
+    """One crystallization of flat multipliers, in place (one pass, no host sync, no indexing)."""
+    multipliers.mul_(torch.where(mask(weight, grad, crystal_thresh, mean_magnitude), dampening, 1.0))
 
 
 def crystallize_(
@@ -49,12 +49,8 @@ def crystallize_(
     mean_magnitude: Optional[torch.Tensor] = None,
 ) -> None:
     """Dampen ``multipliers`` in place where :func:`mask` holds (on flat views: one kernel for all layers)."""
-    flat = crystallized(
-        multipliers.reshape(-1),
-        weight.detach().reshape(-1),
-        grad.reshape(-1),
-        config.crystal_thresh,
-        config.dampening_factor,
-        mean_magnitude,
-    )
-    multipliers.copy_(flat.view(multipliers.shape))
+    with flat_views(multipliers) as (flat,):
+        crystallize_flat_(
+            flat, weight.detach().reshape(-1), grad.reshape(-1), config.crystal_thresh, config.dampening_factor,
+            mean_magnitude,
+        )  # fmt: skip

@@ -19,12 +19,12 @@ from typing import Optional
 
 import torch
 
-from ..kernels import fused
+from ..kernels import flat_views, fused
 from . import crystallize, volume
 
 
 @fused
-def scaled_step(
+def scale_flat_step_(
     before: torch.Tensor,
     after: torch.Tensor,
     grad: torch.Tensor,
@@ -36,24 +36,24 @@ def scaled_step(
     crystal_args: Optional[tuple],
     offset: int = 0,
     mean_magnitude: Optional[torch.Tensor] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over a layer's flat weight: the rescaled weight and the multipliers after it.
+) -> None:
+    """One pass over a layer's flat weight, in place: ``after ← w₀ + f·v·(w₁ − w₀)``.
 
-    ``w₀ + f·v·(w₁ − w₀)`` (float32, returned in ``after``'s dtype); with ``crystal_args =
-    (crystal_thresh, dampening_factor)`` the multipliers are then crystallized on the
-    effective gradient ``g·f·v`` and w₀, as in gradient mode, where ``.grad`` holds ``g·f·v``.
-    For a shard of the layer (:mod:`biofx.sharding`): ``offset``, its first flat index, keys the
-    volume noise and ``mean_magnitude`` is the layer's mean|w₀|.
+    Computed in float32, stored in ``after``'s dtype; with ``crystal_args = (crystal_thresh,
+    dampening_factor)`` the multipliers are then crystallized on the effective gradient
+    ``g·f·v`` and w₀, as in gradient mode, where ``.grad`` holds ``g·f·v``. For a shard of the
+    layer (:mod:`biofx.sharding`): ``offset``, its first flat index, keys the volume noise and
+    ``mean_magnitude`` is the layer's mean|w₀|.
     """
     w0 = before.float()
     factor = multipliers if fuzzy else torch.ones_like(w0)
     if volume_args is not None:
         factor = factor * volume.factor(before, key, step, *volume_args, offset)
-    weight = (w0 + factor * (after.float() - w0)).to(after.dtype)
-    if crystal_args is None:
-        return weight, multipliers
-    settled = crystallize.mask(before, grad.float() * factor, crystal_args[0], mean_magnitude)
-    return weight, multipliers * torch.where(settled, crystal_args[1], 1.0)
+    if crystal_args is not None:
+        settled = crystallize.mask(before, grad.float() * factor, crystal_args[0], mean_magnitude)
+    after.copy_((w0 + factor * (after.float() - w0)).to(after.dtype))
+    if crystal_args is not None:  # last: factor may be the multipliers themselves
+        multipliers.mul_(torch.where(settled, crystal_args[1], 1.0))
 
 
 def scale_step_(
@@ -72,7 +72,7 @@ def scale_step_(
     """Rescale the step the optimizer just took on ``weight`` (from ``before``) and crystallize, in place.
 
     ``grad`` defaults to ``weight.grad`` (a shard passes its own; ``offset`` and
-    ``mean_magnitude`` as in :func:`scaled_step`).
+    ``mean_magnitude`` as in :func:`scale_flat_step_`).
     """
     w = weight.detach()
     if volume_args is None and crystal_args is None and w.dtype == multipliers.dtype == torch.float32:
@@ -80,19 +80,9 @@ def scale_step_(
             torch.lerp(before, w, multipliers, out=w)
         return
     grad = weight.grad if grad is None else grad
-    new_weight, new_multipliers = scaled_step(
-        before.reshape(-1),
-        w.reshape(-1),
-        grad.reshape(-1) if crystal_args is not None else w.reshape(-1),  # grad unused without crystallization
-        multipliers.reshape(-1),
-        key,
-        step,
-        fuzzy,
-        volume_args,
-        crystal_args,
-        offset,
-        mean_magnitude,
-    )
-    w.copy_(new_weight.view(w.shape))
-    if crystal_args is not None:
-        multipliers.copy_(new_multipliers.view(multipliers.shape))
+    grad = grad.reshape(-1) if crystal_args is not None else before.reshape(-1)  # unused without crystallization
+    with flat_views(w, multipliers) as (flat_weight, flat_multipliers):
+        scale_flat_step_(
+            before.reshape(-1), flat_weight, grad, flat_multipliers, key, step, fuzzy, volume_args, crystal_args,
+            offset, mean_magnitude,
+        )  # fmt: skip
