@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from ..config import BioConfig
-from ..kernels import fused
+from ..tiered_compile import fused
 
 
 def mask(

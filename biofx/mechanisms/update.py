@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from ..kernels import fused
+from ..tiered_compile import fused
 from . import crystallize, volume
 
 
