@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from . import tiered_compile
+from . import registry, tiered_compile
 from .config import BioConfig
 from .transform import transform
 
@@ -74,7 +74,7 @@ THRESHOLDS = (0.90, 0.95)
 PAPER_CONFIG = BioConfig(
     fuzzy_learning_rate_factor_nu=0.09,
     fuzzy_lr_distribution="uniform",
-    automatic=("fuzzy",),
+    automatic=(registry.FUZZY.name,),
     rejuvenation_parameter_dre=14.0,
     rejuvenate_every=1,
     weight_splitting_Gamma=2,

@@ -120,7 +120,7 @@ class BioMethods:
                 self._warn_once(
                     "update",
                     "update_fuzzy_learning_rates() skipped layers whose dynamic fuzzy rates update "
-                    "automatically at every optimizer step (BioConfig.automatic contains 'fuzzy').",
+                    f"automatically at every optimizer step (BioConfig.automatic contains {registry.FUZZY.name!r}).",
                 )
                 continue
             layer.update_fuzzy_learning_rates()
