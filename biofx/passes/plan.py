@@ -15,7 +15,6 @@ Which stage writes which :class:`BioLayer` field: the plan all but the ones belo
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import torch
 import torch.fx as fx
@@ -26,8 +25,6 @@ from ..config import BioConfig, ConfigMap
 from ..layers import LAYER_KINDS, LayerKind, kind_of
 from ..tracing import LEAF_REASONS, leaf_reason
 from . import tags
-
-log = logging.getLogger("biofx")
 
 
 @dataclasses.dataclass
@@ -205,19 +202,6 @@ def convertible_modules(model: nn.Module):
     for name, module in model.named_modules():
         if kind_of(module) is not None:
             yield name, module
-
-
-def log_plain(plain: list) -> None:
-    """Log the layers left plain: a warning for those the user's ConfigMap did not choose."""
-    unchosen = [(name, reason) for name, reason in plain if not reason.startswith("left plain by ConfigMap")]
-    for name, reason in plain:
-        log.info("biofx left %s plain: %s", name, reason)
-    if unchosen:
-        log.warning(
-            "biofx could not convert %d Linear/Conv layer(s); they train as plain layers (bio_report.plain): %s",
-            len(unchosen),
-            "; ".join(f"{name}: {reason}" for name, reason in unchosen),
-        )
 
 
 def scripted_layers(model: nn.Module, prefix: str = ""):
