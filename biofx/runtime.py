@@ -30,17 +30,19 @@ import weakref
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from . import registry
+from . import registry, sharding
 
 log = logging.getLogger("biofx")
 
-__all__ = ["install", "register", "live_synapses"]
+__all__ = ["install", "register", "live_synapses", "before_step", "after_step"]
 
 # Every live BioSynapses, and a counter of registrations so the hooks know when to look again.
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 _REGISTRATIONS = [0]
 _HANDLES: list = []
 _CACHE: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.WeakKeyDictionary()
+# acts_on="update": each layer's weight (this rank's shard) from the pre-step to the post-step hook
+_WEIGHT_BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # -- the live-layer registry ----------------------------------------------------------------
@@ -82,10 +84,48 @@ def _layers_of(optimizer: torch.optim.Optimizer) -> list:
     return layers
 
 
+# -- the schedule of one layer ---------------------------------------------------------------
+@torch.no_grad()
+def before_step(layer) -> None:
+    """A layer's step-level work before the optimizer's update, in the authors' order.
+
+    After backward: (for a tied weight with ``acts_on="gradient"``, fuzzy and volume on its
+    whole g), synaptic scaling (on g), rejuvenation (every ``rejuvenate_every``-th step),
+    then crystallization on g and the rejuvenated w, and the step. With ``acts_on="update"``
+    the weight is kept so :func:`after_step` can rescale the update; crystallization then
+    waits until the update has used this step's multipliers.
+    """
+    config = layer.config
+    has_grad = layer.weight.grad is not None
+    if has_grad and layer.shared_with and config.acts_on == "gradient":
+        for mechanism in registry.MULTIPLICATIVE:
+            if layer.is_automatic(mechanism):
+                getattr(layer, mechanism.method)()
+    if has_grad and layer.is_automatic(registry.SCALING):
+        layer.scale_grad()
+    if registry.REJUVENATE.is_on(config) and (layer.steps.value + 1) % config.rejuvenate_every == 0:
+        layer.rejuvenate_weights()
+    if not has_grad:
+        return
+    if config.scales_update:
+        _WEIGHT_BEFORE[layer] = sharding.local(layer.weight).detach().clone()
+    elif layer.is_automatic(registry.CRYSTALLIZE):
+        layer.crystallize()
+
+
+@torch.no_grad()
+def after_step(layer) -> None:
+    """After the update (``acts_on="update"``): rescale it and crystallize on it."""
+    before = _WEIGHT_BEFORE.pop(layer, None)
+    if before is not None:
+        layer.scale_update(before)
+
+
+# -- the hooks ------------------------------------------------------------------------------
 @torch.no_grad()
 def _before_step(optimizer, args, kwargs) -> None:
     for layer in _layers_of(optimizer):
-        layer.before_step()
+        before_step(layer)
 
 
 @torch.no_grad()
@@ -94,7 +134,7 @@ def _after_step(optimizer, args, kwargs) -> None:
     if not layers:
         return
     for layer in layers:
-        layer.after_step()
+        after_step(layer)
     torch._foreach_add_([layer.steps.tensor for layer in layers], 1)
     for layer in layers:
         layer.steps.value += 1  # the tensors advanced in bulk above

@@ -144,7 +144,6 @@ class BioSynapses(nn.Module):
             self.register_buffer(RANK_LOCAL_BUFFERS[2], torch.zeros((), device=device))
         #: optimizer steps taken (keys the volume noise) and fuzzy-rate updates done
         self.steps, self.fuzzy_updates = Counter(self, "step"), Counter(self, "updates")
-        self._before_step: Optional[torch.Tensor] = None  # the weight before the step (acts_on="update")
         #: other modules' names for this weight when non-bio modules read it too (tied weights)
         self.shared_with: tuple = ()
         if self.managed and register:
@@ -314,40 +313,11 @@ class BioSynapses(nn.Module):
         )
         grad.add_(term.to(grad.dtype))
 
-    # -- the optimizer step (automatic path, driven by biofx.hooks) --------------------------
+    # -- the optimizer's update (acts_on="update"; scheduled by biofx.runtime) --------------
     @torch.no_grad()
-    def before_step(self) -> None:
-        """Step-level work before the optimizer's update, in the authors' order.
-
-        After backward: (for a tied weight with ``acts_on="gradient"``, fuzzy and volume on its
-        whole g), synaptic scaling (on g), rejuvenation (every ``rejuvenate_every``-th
-        step), then crystallization on g and the rejuvenated w, and the step. With
-        ``acts_on="update"`` the weight is kept so :meth:`after_step` can rescale the update;
-        crystallization then waits until the update has used this step's multipliers.
-        """
-        has_grad = self.weight.grad is not None
-        if has_grad and self.shared_with and self.config.acts_on == "gradient":
-            for mechanism in registry.MULTIPLICATIVE:
-                if self.is_automatic(mechanism):
-                    getattr(self, mechanism.method)()
-        if has_grad and self.is_automatic(registry.SCALING):
-            self.scale_grad()
-        every = self.config.rejuvenate_every
-        if registry.REJUVENATE.is_on(self.config) and (self.steps.value + 1) % every == 0:
-            self.rejuvenate_weights()
-        if not has_grad:
-            return
-        if self.config.scales_update:
-            self._before_step = sharding.local(self.weight).detach().clone()
-        elif self.is_automatic(registry.CRYSTALLIZE):
-            self.crystallize()
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        """Rescale the update just taken (``acts_on="update"``), then crystallize on it."""
-        before, self._before_step = self._before_step, None
-        if before is None:
-            return
+    def scale_update(self, before: torch.Tensor) -> None:
+        """Rescale the update the optimizer just took (``w − before``, this rank's shard) by the
+        layer's automatic fuzzy and volume factors, then crystallize on it."""
         cfg = self.config
         volume_args = (cfg.base_lr, cfg.stability_factor, cfg.lr_variability) if self.is_automatic(registry.VOLUME) else None
         crystal_args = (cfg.crystal_thresh, cfg.dampening_factor) if self.is_automatic(registry.CRYSTALLIZE) else None

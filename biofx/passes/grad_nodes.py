@@ -26,7 +26,7 @@ def grad_nodes_pass(gm: fx.GraphModule, layers: list) -> list:
     inserted = []
     for layer in (l for l in layers if l.config.acts_on == "gradient"):
         if getattr(gm, STATE_ROOT)[layer.state_key].shared_with:
-            continue  # a tied weight: scaled on its whole .grad at the step (BioSynapses.before_step)
+            continue  # a tied weight: scaled on its whole .grad at the step (biofx.runtime.before_step)
         cfg = layer.config
         for site in layer.sites:
             if registry.FUZZY.is_on(cfg):
