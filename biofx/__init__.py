@@ -19,6 +19,7 @@ from .transform import TransformReport, transform
 # once anything imports ``biofx.summary`` (the module is cheap: it needs only biofx.model).
 from .summary import Summary, summary
 from .compat import BioConverter, bio_config, bio_converter, bio_module
+from . import hooks, kernels  # documented alias modules, attributes of biofx as they always were
 
 # The reference's module paths, as the migration guide imports them (``from biofx.bio_config
 # import BioConfig``): the modules of biofx.compat, registered under the top-level names.
