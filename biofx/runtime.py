@@ -41,8 +41,10 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 _REGISTRATIONS = [0]
 _HANDLES: list = []
 _CACHE: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.WeakKeyDictionary()
-# acts_on="update": each layer's weight (this rank's shard) from the pre-step to the post-step hook
+# From the pre-step to the post-step hook: each layer's weight (this rank's shard) with
+# acts_on="update", and DANN's interneuron weights (BioSynapses.correct_interneurons_before_step)
 _WEIGHT_BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_INTERNEURONS_BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # -- the live-layer registry ----------------------------------------------------------------
@@ -96,6 +98,7 @@ def before_step(layer) -> None:
     waits until the update has used this step's multipliers.
     """
     config = layer.config
+    _INTERNEURONS_BEFORE[layer] = layer.correct_interneurons_before_step()
     has_grad = layer.weight.grad is not None
     if has_grad and layer.shared_with and config.acts_on == "gradient":
         for mechanism in registry.MULTIPLICATIVE:
@@ -115,7 +118,9 @@ def before_step(layer) -> None:
 
 @torch.no_grad()
 def after_step(layer) -> None:
-    """After the update (``acts_on="update"``): rescale it and crystallize on it."""
+    """After the update: DANN's interneuron updates corrected, then (``acts_on="update"``) the
+    weight's update rescaled and crystallized on."""
+    layer.correct_interneurons_after_step(_INTERNEURONS_BEFORE.pop(layer, []))
     before = _WEIGHT_BEFORE.pop(layer, None)
     if before is not None:
         layer.scale_update(before)

@@ -338,6 +338,35 @@ class BioSynapses(nn.Module):
             mean_magnitude=mean_magnitude,
         )
 
+    @torch.no_grad()
+    def correct_interneurons_before_step(self) -> list:
+        """DANN's interneuron updates scaled by :func:`~biofx.mechanisms.dale.interneuron_update_scales`:
+        with ``acts_on="gradient"`` their gradients now (for SGD the same), otherwise their
+        updates after the step (any optimizer): returns ``(parameter, scale, value before)`` for
+        :meth:`correct_interneurons_after_step`."""
+        config = self.config
+        if not (registry.DALE.is_on(config) and config.dale_mode == "dann"):
+            return []
+        n_e = self.weight.shape[self.kind.out_axis]
+        scales = dale.interneuron_update_scales(n_e, self.weight.numel() // n_e)
+        steps = []
+        for name, scale in zip(dale.INTERNEURON_PARAMS, scales):
+            parameter = getattr(self.layer, name)
+            if parameter.grad is None:
+                continue
+            if config.acts_on == "gradient":
+                sharding.local(parameter.grad).mul_(scale)
+            else:
+                steps.append((parameter, scale, sharding.local(parameter).detach().clone()))
+        return steps
+
+    @torch.no_grad()
+    def correct_interneurons_after_step(self, steps: list) -> None:
+        """Scale the interneuron updates just taken (``steps`` from :meth:`correct_interneurons_before_step`)."""
+        for parameter, scale, before in steps:
+            local = sharding.local(parameter)
+            local.copy_(torch.lerp(before, local, scale))
+
     # -- state mechanisms --------------------------------------------------------------------
     @torch.no_grad()
     def update_fuzzy_learning_rates(self) -> None:

@@ -9,6 +9,10 @@ std over seeds, and the gap Dale − plain (mean ± std of the paired difference
     python tools/dale_check.py                       # defaults: 3 seeds, a few minutes on 1 thread
     python tools/dale_check.py --seeds 5 --epochs 20 --cases cnn-sgd,cnn-adam --modes dann
     python tools/dale_check.py --cases cnn-sgd --lr 0.1
+    python tools/dale_check.py --seeds 5 --modes dann --ablation   # DANN without its headroom / correction
+
+``--ablation`` adds DANN variants: without the initialization's headroom (``HEADROOM = 1``, the
+paper's exponential draw), without the corrected interneuron updates, and without both.
 
 Needs scikit-learn (``pip install "biofx[demo]"``). Runs on one CPU thread.
 """
@@ -16,6 +20,7 @@ Needs scikit-learn (``pip install "biofx[demo]"``). Runs on one CPU thread.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import statistics
@@ -27,6 +32,7 @@ import torch.nn as nn
 
 import biofx
 from biofx.demo import Digits, build_model, load_digits_split
+from biofx.mechanisms import dale
 from biofx.mechanisms.dale import MODES
 
 
@@ -64,6 +70,23 @@ def train(model: nn.Module, data: Digits, case: Case, epochs: int, seed: int) ->
         return (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
 
 
+#: DANN variants of --ablation: (headroom, corrected interneuron updates)
+ABLATIONS = {"no headroom": (1, True), "uncorrected": (dale.HEADROOM, False), "neither": (1, False)}
+
+
+@contextlib.contextmanager
+def ablated(headroom: int, corrected: bool):
+    """DANN with another initialization headroom and/or without the corrected interneuron updates."""
+    saved = dale.HEADROOM, dale.interneuron_update_scales
+    dale.HEADROOM = headroom
+    if not corrected:
+        dale.interneuron_update_scales = lambda num_excitatory, num_inputs: (1.0, 1.0)
+    try:
+        yield
+    finally:
+        dale.HEADROOM, dale.interneuron_update_scales = saved
+
+
 def dale_model(model: nn.Module, mode: str, seed: int) -> nn.Module:
     """A deep copy of ``model`` with only Dale's principle (``dale_mode=mode``) on."""
     return biofx.transform(
@@ -76,15 +99,18 @@ def dale_model(model: nn.Module, mode: str, seed: int) -> nn.Module:
     )
 
 
-def run_case(case: Case, data: Digits, modes: list, seeds: int, epochs: int) -> dict:
-    """Final accuracies per variant (``"plain"`` and each mode), one per seed, paired."""
-    results = {name: [] for name in ["plain", *modes]}
+def run_case(case: Case, data: Digits, modes: list, ablations: list, seeds: int, epochs: int) -> dict:
+    """Final accuracies per variant (``"plain"``, each mode, each DANN ablation), one per seed, paired."""
+    results = {name: [] for name in ["plain", *modes, *ablations]}
     for seed in range(seeds):
         torch.manual_seed(seed)
         model = build_model(case.model)
         results["plain"].append(train(copy.deepcopy(model), data, case, epochs, seed))
         for mode in modes:
             results[mode].append(train(dale_model(model, mode, seed), data, case, epochs, seed))
+        for name in ablations:
+            with ablated(*ABLATIONS[name]):
+                results[name].append(train(dale_model(model, "dann", seed), data, case, epochs, seed))
     return results
 
 
@@ -105,6 +131,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate for every case (default: per case)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     parser.add_argument("--modes", default="dann,column", help="comma-separated Dale modes (default dann,column)")
+    parser.add_argument("--ablation", action="store_true", help="add DANN without headroom / correction / both")
     args = parser.parse_args(argv)
     cases = args.cases.split(",")
     modes = args.modes.split(",")
@@ -120,7 +147,9 @@ def main(argv=None) -> None:
         parser.error("--lr must be positive")
     torch.set_num_threads(1)
     data = load_digits_split()
-    header = ["case", "lr", "epochs", "plain"] + [f"dale {m}" for m in modes] + [f"gap {m}" for m in modes]
+    ablations = list(ABLATIONS) if args.ablation else []
+    variants = [f"dale {m}" for m in modes] + [f"dann {a}" for a in ablations]
+    header = ["case", "lr", "epochs", "plain"] + variants + [f"gap {v}" for v in variants]
     rows = [header]
     start = time.perf_counter()
     for name in cases:
@@ -128,14 +157,17 @@ def main(argv=None) -> None:
         if args.lr is not None:
             case = dataclasses.replace(case, lr=args.lr)
         epochs = args.epochs or case.epochs
-        results = run_case(case, data, modes, args.seeds, epochs)
-        gaps = [[d - p for d, p in zip(results[m], results["plain"])] for m in modes]
+        results = run_case(case, data, modes, ablations, args.seeds, epochs)
+        names = modes + ablations
+        gaps = [[d - p for d, p in zip(results[v], results["plain"])] for v in names]
         rows.append(
             [name, f"{case.lr:g}", str(epochs), mean_std(results["plain"])]
-            + [mean_std(results[m]) for m in modes]
+            + [mean_std(results[v]) for v in names]
             + [mean_std(gap, signed=True) for gap in gaps]
         )
         print(f"{name} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        print(table(rows[:1] + rows[-1:]), flush=True)
+    print()
     print(table(rows))
     print(f"{args.seeds} seed(s), {time.perf_counter() - start:.0f} s")
 

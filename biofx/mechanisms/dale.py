@@ -12,11 +12,21 @@ outputs are excitatory units; ``n_i`` inhibitory interneurons per layer subtract
 (convolutions: ``W_IE`` has the kernel's shape with ``n_i`` output channels). With
 excitatory fraction ``p``, ``n_i = round(n_e·(1 − p)/p)``, so ``p`` of the layer's neurons
 are excitatory (at least 1 for ``p < 1``; at most ``min(n_e, d)``, the highest rank
-inhibition can have). Initialization: ``W_EE ~ Exp`` with the standard deviation of the
-layer's own init, the rows of ``W_IE`` the mean row of ``W_EE`` (times random factors that
-average to 1 over the interneurons), ``W_EI = 1/n_i``: at init ``W = W_EE − mean row``, so
-inhibition cancels the mean excitation (each unit's summed input weight is zero in
-expectation, each column sums to zero) and ``W`` has the layer's init variance.
+inhibition can have).
+
+Initialization (balanced, with headroom): ``W_EE ~ Gamma(h², σ/h)``, so its std is σ, the
+std of the layer's own init, and its mean is ``h·σ`` with ``h = HEADROOM``; the rows of
+``W_IE`` are the mean row of ``W_EE`` (times random factors that average to 1 over the
+interneurons), ``W_EI = 1/n_i``: at init ``W = W_EE − mean row``, so inhibition cancels the
+mean excitation (each column sums to zero, each unit's expected input is zero) and ``W`` has
+the layer's init variance. The headroom keeps ``W_EE`` away from its bound 0, so a weight can
+decrease by about ``h·σ`` before the constraint stops it (the paper's exponential init is
+``h = 1``, where many weights start at the bound).
+
+Learning rule: the updates of the interneuron weights are scaled as in the paper's corrected
+SGD, ``ΔW_EI ← ΔW_EI/d`` and ``ΔW_IE ← ΔW_IE/√n_e`` (``d`` inputs per unit): a change of one
+interneuron weight moves a whole row or column of ``W``, and unscaled, the inhibitory path
+outpaces the excitatory one (:func:`interneuron_update_scales`).
 
 ``"column"`` (ColumnEI): every presynaptic unit j (input feature of a Linear, input channel
 of a Conv) has a sign s_j and the layer uses ``W = s·|w|``. Initialization ``w ← s·|w|``
@@ -30,6 +40,8 @@ import torch
 MODES = ("dann", "column")
 #: names of DANN's inhibitory parameters, registered on the layer (``fc1.dale_w_ei``)
 INTERNEURON_PARAMS = ("dale_w_ei", "dale_w_ie")
+#: mean/std of ``W_EE`` at init, ``h``: its weights start ``h·σ`` on average from the bound 0
+HEADROOM = 3
 
 
 def draw_signs(num_units: int, excitatory_fraction: float, seed: int) -> torch.Tensor:
@@ -94,18 +106,27 @@ def initialize_column_(weight: torch.Tensor, sign: torch.Tensor, out_axis: int) 
     weight.copy_(sign * magnitude * torch.where(sign < 0, scale, torch.ones_like(scale)))
 
 
+def interneuron_update_scales(num_excitatory: int, num_inputs: int) -> tuple[float, float]:
+    """The factors on the updates of ``(W_EI, W_IE)``: ``(1/d, 1/√n_e)``, after Cornford et al.'s
+    corrected SGD."""
+    return 1.0 / max(num_inputs, 1), num_excitatory**-0.5
+
+
 def initialize_dann_(
     weight: torch.Tensor, w_ei: torch.Tensor, w_ie: torch.Tensor, out_axis: int, seed: int
 ) -> None:
-    """In place: ``W_EE ~ Exp`` with std σ = std of ``weight``; ``W_IE[k] = m·(1 + ε_k)`` with m
-    the mean row of ``W_EE`` and ``ε_k ~ U(−½, ½)`` centred over the interneurons k;
-    ``W_EI = 1/n_i``. Then ``W = W_EE − m``: ``E[Σ_j W_ij] = 0``, ``Σ_i W_ij = 0``, variance
-    σ²·(1 − 1/n_e). The ε make the interneurons differ: with equal ones, their gradients are
-    equal and they stay one (rank-1) interneuron."""
+    """In place: ``W_EE ~ Gamma(h², σ/h)`` (mean ``h·σ``, std σ = std of ``weight``, ``h =
+    HEADROOM``; drawn as a sum of h² exponentials); ``W_IE[k] = m·(1 + ε_k)`` with m the mean
+    row of ``W_EE`` and ``ε_k ~ U(−½, ½)`` centred over the interneurons k; ``W_EI = 1/n_i``.
+    Then ``W = W_EE − m``: ``E[Σ_j W_ij] = 0``, ``Σ_i W_ij = 0``, variance σ²·(1 − 1/n_e). The ε
+    make the interneurons differ: with equal ones, their gradients are equal and they stay one
+    (rank-1) interneuron."""
     generator = torch.Generator().manual_seed(seed)
     std = weight.detach().float().std(correction=0)
-    draw = torch.empty(weight.shape).exponential_(1.0, generator=generator)
-    weight.copy_((draw.to(weight.device) * std).to(weight.dtype))
+    draw, term = torch.zeros(weight.shape), torch.empty(weight.shape)
+    for _ in range(HEADROOM**2):  # Gamma(h², 1) as a sum of h² Exp(1), one weight-sized buffer at a time
+        draw += term.exponential_(1.0, generator=generator)
+    weight.copy_((draw.to(weight.device) * (std / HEADROOM)).to(weight.dtype))
     spread = torch.rand(w_ie.shape, generator=generator) - 0.5
     spread = (spread - spread.mean(out_axis, keepdim=True)).to(w_ie.device)
     w_ie.copy_(weight.mean(out_axis, keepdim=True) * (1 + spread))

@@ -129,6 +129,11 @@ def test_dann_init_balanced_with_the_layers_variance(layer):
     n_e = layer.weight.shape[0]
     assert layer.dale_w_ei.shape == (n_e, n_e // 4) and layer.dale_w_ie.shape == (n_e // 4, *layer.weight.shape[1:])
     assert (layer.weight >= 0).all() and (layer.dale_w_ie >= 0).all()
+    w_ee = layer.weight.detach()
+    # W_EE ~ Gamma(h², σ/h): std σ, mean h·σ, so its weights start away from the bound 0
+    assert w_ee.std().item() == pytest.approx(std0.item(), rel=0.1)
+    assert w_ee.mean().item() == pytest.approx(dale.HEADROOM * std0.item(), rel=0.05)
+    assert (w_ee < 0.5 * std0).float().mean() < 0.01  # Exp(σ) (h = 1) puts 39 % there
     torch.testing.assert_close(layer.dale_w_ei, torch.full_like(layer.dale_w_ei, 4 / n_e))
     mean_row = layer.weight.detach().mean(0, keepdim=True)
     torch.testing.assert_close(layer.dale_w_ie.mean(0, keepdim=True), mean_row)  # on average the mean row
@@ -137,6 +142,44 @@ def test_dann_init_balanced_with_the_layers_variance(layer):
     torch.testing.assert_close(w.sum(0), torch.zeros(w.shape[1]), atol=1e-5, rtol=0)  # inhibition = mean E
     assert w.sum(1).abs().mean() < 0.15 * w.abs().sum(1).mean()  # each unit's input: balanced
     assert w.std().item() == pytest.approx(std0.item(), rel=0.1)  # the layer's init variance
+
+
+@pytest.mark.parametrize("acts_on", ["update", "gradient"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_dann_interneuron_updates_are_corrected(acts_on, optimizer):
+    """ΔW_EI = Δ/d and ΔW_IE = Δ/√n_e, where Δ is what the optimizer alone would do with the
+    same gradients; W_EE and the bias take the optimizer's own step. Gradient scaling is
+    exact for SGD; under Adam only the update mode keeps the factors."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    bio = dale_only(model, "dann", acts_on=acts_on)
+    make = {"sgd": lambda ps: torch.optim.SGD(ps, lr=0.1), "adam": lambda ps: torch.optim.Adam(ps, lr=0.01)}[optimizer]
+    x = torch.randn(4, 3, 6, 6)
+    names = [name for name, _ in bio.named_parameters()]
+    params = dict(bio.named_parameters())
+    shadow = {name: p.detach().clone().requires_grad_() for name, p in params.items()}
+    shadow_opt = make(list(shadow.values()))
+    opt = make(list(params.values()))
+    for _ in range(3):
+        opt.zero_grad()
+        bio(x).square().mean().backward()
+        before = {name: p.detach().clone() for name, p in params.items()}
+        for name in names:  # the shadow optimizer steps from the same point with the same gradient
+            shadow[name].data.copy_(before[name])
+            shadow[name].grad = params[name].grad.clone()
+        shadow_opt.step()
+        opt.step()
+        for index, name in ((0, "0."), (3, "3.")):
+            layer = model[index]
+            n_e, d = layer.weight.shape[0], layer.weight[0].numel()
+            expected = {"weight": 1.0, "bias": 1.0, "dale_w_ei": 1 / d, "dale_w_ie": n_e**-0.5}
+            for param, scale in expected.items():
+                full = shadow[name + param].detach() - before[name + param]
+                moved = params[name + param].detach() - before[name + param]
+                if optimizer == "adam" and acts_on == "gradient" and scale != 1.0:
+                    assert not torch.allclose(moved, scale * full)  # Adam cancels a scaled gradient
+                else:
+                    torch.testing.assert_close(moved, scale * full, rtol=1e-4, atol=1e-7)
 
 
 def test_interneuron_count_follows_the_excitatory_fraction():
