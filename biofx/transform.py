@@ -1,8 +1,8 @@
-"""``biofx.transform``: trace, plan, rewrite.
+"""``biofx.transform``: the entry point.
 
-::
-
-    model --trace--> GraphModule --plan--> bio layers --passes--> BioGraphModule
+It checks the arguments, chooses the capture (``torch.fx``, else ``torch.export``, else the
+fallback in parts: :mod:`biofx.fallback`; a model that is one layer: a one-layer graph) and
+hands the graph to the pipeline (:func:`biofx.pipeline.convert`: plan → number → build).
 """
 
 from __future__ import annotations
