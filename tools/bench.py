@@ -17,28 +17,51 @@ backward, the bio mechanisms, ``SGD.step``. Every variant trains a copy of the s
                                three methods as ``biofx_explicit`` (when it is importable)
 =============================  ============================================================
 
-Timing: each variant is warmed up, then the timed steps run in ``--rounds`` interleaved rounds
-(every variant takes its turn in every round), so load changes on a shared machine hit all
-variants alike. Each step is timed on its own (``time.perf_counter``; on CUDA with CUDA events,
-synchronized once before and once after a variant's turn) and the median is reported. Ratios
-divide medians measured in this same run: eager variants by ``plain``, the compiled bio variant by
-``plain_compiled``.
+Timing: each variant is warmed up (``--warmup`` steps; the first of them is timed on its own and
+reported as ``first_step_s``: for the compiled variants that is the compile time, for the eager
+ones the first call's cost, biofx's fused kernels included). Before the first variant, a tiny
+model is compiled once (``meta.compiler_warmup_s``), so that the one-off setup of a process's
+first ``torch.compile`` is not charged to whichever variant compiles first. Inductor's on-disk
+cache makes a compile that an earlier run already did much cheaper; ``first_step_cache`` counts
+the first step's cache hits and misses, and ``--cold-compile`` disables the caches so that
+``first_step_s`` is a full compile in every run. The timed steps then run in
+``--rounds`` rounds; in every round each variant takes its turn (``--steps / --rounds`` steps),
+and the order of the turns rotates by one variant from round to round (:func:`round_order`), so
+that no variant always runs right after the same neighbour and a change in the machine's load
+hits every variant, its baseline included, within the same round. Each step is timed on its own
+(``time.perf_counter``; on CUDA with CUDA events, synchronized once before and once after a
+turn). Every round yields one median per variant (``round_ms``); a variant's ``ratio`` is the
+median over the rounds of its round median divided by its baseline's round median in that same
+round (eager variants by ``plain``, the compiled bio variant by ``plain_compiled``), and
+``ratio_lo``/``ratio_hi`` are the smallest and largest of those per-round ratios. ``median_ms``,
+``min_ms`` and ``max_ms`` are over all timed steps.
 
 Fused kernels: biofx compiles its per-weight mechanisms into fused kernels once they are hot
 (:mod:`biofx.kernels`, after 200 calls by default). The benchmark measures the steady state of a
 long run, so it compiles them from the first call (during warmup); ``--unfused`` measures the
 op-by-op versions instead (as ``BIOFX_FUSED=0`` does).
 
-Memory: on CUDA, ``step_peak_bytes`` is ``torch.cuda.max_memory_allocated()`` during one step
-minus the memory allocated before it (activations, gradients, bio temporaries). On CPU it is not
-measured: the process's peak RSS is shared by all variants of one process and cannot be
-attributed to one of them. ``bio_state_bytes`` sums ``layer.state_bytes()`` over the bio layers.
+Memory: ``step_peak_bytes`` is the most memory one extra step holds at once above what was
+allocated before it, the gradients having been set to ``None`` first (so it counts activations,
+gradients and bio temporaries). On CUDA it is ``torch.cuda.max_memory_allocated()`` minus the
+memory allocated before the step; on the CPU the step runs under ``torch.profiler`` with
+``profile_memory=True`` and the peak is the maximum of the running sum of the ``[memory]``
+events' sizes (allocations positive, frees negative) in time order.
+``bio_state_bytes`` sums ``layer.state_bytes()`` over the bio layers.
+
+Threads: ``--threads`` defaults to 1 on a machine with at most two cores (where a second thread
+mostly competes with everything else running) and to torch's default otherwise; the report's
+``meta.threads`` is the number used.
+
+Output: each bench's table is printed as soon as the bench finishes; progress (warmup, each
+round's ratios) goes to stderr.
 
 Usage::
 
     python tools/bench.py                       # CPU, both benches, JSON to bench-results/
     python tools/bench.py --device cuda --steps 200
     python tools/bench.py --bench mlp --no-compile --out /tmp/mlp.json
+    python tools/bench.py --bench mlp --cold-compile  # compile times without Inductor's caches
 """
 
 from __future__ import annotations
@@ -64,10 +87,10 @@ from biofx import kernels
 
 BENCHES = ("mlp", "cnn")
 AUTOMATIC = ("fuzzy", "volume", "crystallize")
-MEMORY_NOTE_CPU = (
-    "not measured on CPU: peak RSS is per process and shared by all variants of the run; "
-    "see bio_state_bytes for the memory biofx adds"
-)
+MEMORY_METHOD = {
+    "cuda": "torch.cuda.max_memory_allocated() during one step minus the memory allocated before it",
+    "cpu": "peak of the running sum of torch.profiler's [memory] events (profile_memory=True) during one step",
+}
 
 try:  # the reference library is optional: its variant is skipped when it is missing
     import bio_transformations
@@ -119,8 +142,11 @@ class Variant:
     baseline: Optional[str]  # the variant whose median this one is divided by
     model: nn.Module
     optional: bool = False  # a failure drops the variant (reported) instead of stopping the run
-    times: list = field(default_factory=list)  # seconds per timed step
-    warmup_s: float = 0.0  # includes compilation for compiled variants
+    times: list = field(default_factory=list)  # seconds per timed step, all rounds
+    round_ms: list = field(default_factory=list)  # the median step of each round, in ms
+    first_step_s: float = 0.0  # the first warmup step: compilation for compiled variants
+    first_step_cache: dict = field(default_factory=dict)  # Inductor cache hits/misses in the first step
+    warmup_s: float = 0.0  # all warmup steps, the first included
 
 
 def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, after_backward=None) -> Callable[[], None]:
@@ -218,27 +244,97 @@ def _timed_steps(step: Callable[[], None], count: int, device: torch.device) -> 
     return [start.elapsed_time(end) / 1000.0 for start, end in events]
 
 
-def _step_peak_bytes(step: Callable[[], None], device: torch.device) -> Optional[int]:
-    """Memory one step allocates above what was allocated before it (CUDA only)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    step()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - before
+def round_order(names: list, round_index: int) -> list:
+    """The order of the variants' turns in round ``round_index``: ``names`` rotated left by it."""
+    shift = round_index % len(names)
+    return names[shift:] + names[:shift]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step_peak_bytes(variant: Variant, device: torch.device) -> int:
+    """The most memory one step holds at once above what was allocated before it.
+
+    The gradients are set to ``None`` first, so the peak counts the new gradients as well as the
+    activations and temporaries. CUDA: the allocator's peak counter. CPU: ``torch.profiler``'s
+    ``[memory]`` events (one per allocation, positive, and per free, negative) in time order; the
+    peak is the largest running sum (0 when the step never rises above its starting point).
+    """
+    for param in variant.model.parameters():
+        param.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        variant.step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        variant.step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    running = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        running += event.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+def _inductor_cache_counts() -> dict:
+    """Inductor's FX-graph cache lookups so far in this process (hits: loaded, misses: compiled)."""
+    from torch._dynamo.utils import counters
+
+    return {"hits": counters["inductor"]["fxgraph_cache_hit"], "misses": counters["inductor"]["fxgraph_cache_miss"]}
+
+
+def _warm_up(variant: Variant, steps: int, device: torch.device) -> None:
+    """``steps`` untimed steps; the first one's wall time is kept as ``first_step_s``, and the
+    Inductor cache lookups it made as ``first_step_cache`` (a hit loads a kernel compiled by an
+    earlier run from the on-disk cache, which makes the first step far cheaper)."""
+    before = _inductor_cache_counts()
+    start = time.perf_counter()
+    variant.step()
+    _sync(device)
+    variant.first_step_s = time.perf_counter() - start
+    after = _inductor_cache_counts()
+    variant.first_step_cache = {key: after[key] - before[key] for key in after}
+    for _ in range(steps - 1):
+        variant.step()
+    _sync(device)
+    variant.warmup_s = time.perf_counter() - start
+
+
+def warm_up_compiler(device: torch.device) -> float:
+    """Compile one tiny training step, so that the first variant to compile is not charged for
+    what any first ``torch.compile`` of a process pays once (imports, Dynamo and Inductor setup).
+    Returns the seconds it took."""
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    tiny = nn.Linear(3, 2).to(device)
+    compiled = torch.compile(tiny, fullgraph=True)
+    compiled(torch.randn(4, 3, device=device)).sum().backward()
+    _sync(device)
+    torch._dynamo.reset()  # forget the tiny model's code: nothing of it stays cached but the setup
+    return time.perf_counter() - start
+
+
+def _ratios(variant: Variant, by_name: dict) -> list:
+    """Per round: the variant's round median divided by its baseline's round median."""
+    base = by_name[variant.baseline].round_ms
+    return [mine / theirs for mine, theirs in zip(variant.round_ms, base)]
 
 
 def run_bench(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    """Warm up every variant, time them in interleaved rounds, return the bench's results."""
+    """Warm up every variant, time them in rotating interleaved rounds, return the bench's results."""
     variants, info = build_variants(name, args.small, device, not args.no_compile)
     skipped = {}
     for variant in list(variants):
-        start = time.perf_counter()
         try:
-            for _ in range(args.warmup):
-                variant.step()
+            _warm_up(variant, args.warmup, device)
         except Exception as err:  # only the reference library's variant may fail (e.g. on CUDA)
             if not variant.optional:
                 raise
@@ -246,38 +342,44 @@ def run_bench(name: str, args: argparse.Namespace, device: torch.device) -> dict
             variants.remove(variant)
             _progress(f"[{name}] skipped {variant.name}: {skipped[variant.name]}")
             continue
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        variant.warmup_s = time.perf_counter() - start
-        _progress(f"[{name}] warmed up {variant.name} in {variant.warmup_s:.1f} s")
-    _progress(f"[{name}] timing {len(variants)} variants, {args.steps} steps each")
+        _progress(f"[{name}] warmed up {variant.name}: first step {variant.first_step_s:.2f} s, "
+                  f"all {args.warmup} in {variant.warmup_s:.2f} s")
+    _progress(f"[{name}] timing {len(variants)} variants, {args.steps} steps each in {args.rounds} rounds")
+    by_name = {variant.name: variant for variant in variants}
+    names = list(by_name)
+    orders = []
     per_round = [args.steps // args.rounds + (r < args.steps % args.rounds) for r in range(args.rounds)]
-    for count in per_round:
-        for variant in variants:
-            variant.times += _timed_steps(variant.step, count, device)
+    for r, count in enumerate(per_round):
+        orders.append(round_order(names, r))
+        for vname in orders[-1]:
+            times = _timed_steps(by_name[vname].step, count, device)
+            by_name[vname].times += times
+            by_name[vname].round_ms.append(statistics.median(times) * 1000.0)
+        ratios = ", ".join(f"{v.name} {_ratios(v, by_name)[-1]:.2f}x" for v in variants if v.baseline)
+        _progress(f"[{name}] round {r + 1}/{args.rounds}: {ratios}")
     results = {}
     for variant in variants:
         ms = [t * 1000.0 for t in variant.times]
+        ratios = _ratios(variant, by_name) if variant.baseline else None
         results[variant.name] = {
             "median_ms": statistics.median(ms),
             "min_ms": min(ms),
             "max_ms": max(ms),
             "steps": len(ms),
-            "warmup_s": variant.warmup_s,
+            "round_ms": variant.round_ms,
             "baseline": variant.baseline,
-            "ratio": None,
-            "min_ratio": None,
-            "step_peak_bytes": _step_peak_bytes(variant.step, device),
+            "ratio": statistics.median(ratios) if ratios else None,
+            "ratio_lo": min(ratios) if ratios else None,
+            "ratio_hi": max(ratios) if ratios else None,
+            "first_step_s": variant.first_step_s,
+            "first_step_cache": variant.first_step_cache,
+            "warmup_s": variant.warmup_s,
+            "step_peak_bytes": _step_peak_bytes(variant, device),
             "params_finite": all(bool(torch.isfinite(p).all()) for p in variant.model.parameters()),
         }
         if args.profile:
             results[variant.name]["profile"] = profile_ops(variant.step, device, args.profile)
-    for result in results.values():
-        if result["baseline"] is not None:
-            baseline = results[result["baseline"]]
-            result["ratio"] = result["median_ms"] / baseline["median_ms"]
-            result["min_ratio"] = result["min_ms"] / baseline["min_ms"]
-    return {**info, "variants": results, "skipped": skipped}
+    return {**info, "variants": results, "round_order": orders, "skipped": skipped}
 
 
 def profile_ops(step: Callable[[], None], device: torch.device, top: int, steps: int = 5) -> list:
@@ -323,7 +425,7 @@ def _meta(args: argparse.Namespace, device: torch.device) -> dict:
         "device": device.type,
         "device_name": device_name,
         "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(),  # the number used: --threads, or the default chosen in main()
         "torch": torch.__version__,
         "biofx": biofx.__version__,
         "reference": getattr(bio_transformations, "__version__", "unknown") if bio_transformations else None,
@@ -334,7 +436,9 @@ def _meta(args: argparse.Namespace, device: torch.device) -> dict:
         "small": args.small,
         "compile": not args.no_compile,
         "fused_kernels": not args.unfused,
-        "memory_note": None if device.type == "cuda" else MEMORY_NOTE_CPU,
+        "cold_compile": args.cold_compile,
+        "compiler_warmup_s": None,  # set by main() when a variant compiles
+        "memory_method": MEMORY_METHOD[device.type],
     }
 
 
@@ -349,59 +453,102 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def format_table(report: dict) -> str:
-    """The results as a plain-text table."""
-    meta = report["meta"]
-    lines = [
+_HEADER = (
+    f"{'bench':<5} {'variant':<26} {'median ms':>10} {'min ms':>8} {'ratio':>7} {'range':>11}  {'vs':<15} "
+    f"{'1st step':>9} {'step peak':>10}"
+)
+
+
+def format_meta(meta: dict) -> str:
+    """The line that opens the table: machine, settings."""
+    return (
         f"device: {meta['device']} ({meta['device_name']}), threads {meta['threads']}, torch {meta['torch']}, "
-        f"{meta['steps']} timed steps ({meta['rounds']} rounds) after {meta['warmup']} warmup",
-    ]
-    header = (
-        f"{'bench':<5} {'variant':<26} {'median ms':>10} {'min ms':>8} {'ratio':>6} {'min r.':>6}  {'vs':<15} "
-        f"{'step peak':>10}"
+        f"{meta['steps']} timed steps ({meta['rounds']} rounds, rotating order) after {meta['warmup']} warmup\n"
+        f"ratio: median over rounds of (round median / baseline's round median); range: min-max of those; "
+        f"1st step: first warmup step (compile time when compiled); step peak: {meta['memory_method']}"
     )
-    for bench, result in report["benches"].items():
-        lines += ["", header, "-" * len(header)]
-        for name, v in result["variants"].items():
-            ratio = f"{v['ratio']:.2f}x" if v["ratio"] is not None else "-"
-            min_ratio = f"{v['min_ratio']:.2f}x" if v["min_ratio"] is not None else "-"
-            peak = f"{v['step_peak_bytes'] / 2**20:.1f} MiB" if v["step_peak_bytes"] is not None else "-"
-            lines.append(
-                f"{bench:<5} {name:<26} {v['median_ms']:>10.3f} {v['min_ms']:>8.3f} {ratio:>6} {min_ratio:>6}  "
-                f"{v['baseline'] or '':<15} {peak:>10}"
-            )
+
+
+def _cache(variant: dict) -> str:
+    counts = variant.get("first_step_cache") or {"hits": 0, "misses": 0}
+    return f"{counts['hits']}/{counts['misses']}"
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.2f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+
+
+def format_bench(bench: str, result: dict, cold_compile: bool = False) -> str:
+    """One bench's table: header, a row per variant, then its notes."""
+    lines = [_HEADER, "-" * len(_HEADER)]
+    variants = result["variants"]
+    for name, v in variants.items():
+        ratio = f"{v['ratio']:.2f}x" if v["ratio"] is not None else "-"
+        spread = f"{v['ratio_lo']:.2f}-{v['ratio_hi']:.2f}" if v["ratio"] is not None else "-"
+        peak = _size(v["step_peak_bytes"])
         lines.append(
-            f"bio state: {result['bio_state_bytes']} bytes for {result['bio_weights']} weights "
-            f"({result['bio_state_bytes_per_weight']:.2f} bytes/weight)"
+            f"{bench:<5} {name:<26} {v['median_ms']:>10.3f} {v['min_ms']:>8.3f} {ratio:>7} {spread:>11}  "
+            f"{v['baseline'] or '':<15} {v['first_step_s']:>7.2f} s {peak:>10}"
         )
-        for name, reason in result["skipped"].items():
-            lines.append(f"skipped {name}: {reason}")
-        broken = [name for name, v in result["variants"].items() if not v["params_finite"]]
-        if broken:
-            lines.append(f"WARNING: non-finite parameters after the run: {', '.join(broken)}")
-        for name, v in result["variants"].items():
-            if "profile" in v:
-                lines.append(f"  top ops of {name} (ms per step, self time):")
-                lines += [f"    {op['self_ms']:8.3f}  {op['calls']:6.1f}x  {op['op']}" for op in v["profile"]]
-    if meta["memory_note"]:
-        lines += ["", f"step peak memory {meta['memory_note']}"]
+    if "biofx_automatic_compiled" in variants and "plain_compiled" in variants:
+        bio, plain = variants["biofx_automatic_compiled"], variants["plain_compiled"]
+        lines.append(
+            f"compile (first step): biofx_automatic_compiled {bio['first_step_s']:.1f} s vs plain_compiled "
+            f"{plain['first_step_s']:.1f} s = {bio['first_step_s'] / plain['first_step_s']:.1f} x "
+            + ("(caches disabled: full compiles)" if cold_compile else
+               f"(Inductor cache hits/misses: {_cache(bio)} vs {_cache(plain)}; a hit reuses an earlier run's "
+               f"kernel, --cold-compile for full compiles)")
+        )
+    lines.append(
+        f"bio state: {result['bio_state_bytes']} bytes for {result['bio_weights']} weights "
+        f"({result['bio_state_bytes_per_weight']:.2f} bytes/weight)"
+    )
+    for name, reason in result["skipped"].items():
+        lines.append(f"skipped {name}: {reason}")
+    broken = [name for name, v in variants.items() if not v["params_finite"]]
+    if broken:
+        lines.append(f"WARNING: non-finite parameters after the run: {', '.join(broken)}")
+    for name, v in variants.items():
+        if "profile" in v:
+            lines.append(f"  top ops of {name} (ms per step, self time):")
+            lines += [f"    {op['self_ms']:8.3f}  {op['calls']:6.1f}x  {op['op']}" for op in v["profile"]]
     return "\n".join(lines)
+
+
+def format_table(report: dict) -> str:
+    """The whole report as plain text: what ``main`` prints, bench by bench, as it goes."""
+    parts = [format_meta(report["meta"])]
+    cold = report["meta"].get("cold_compile", False)
+    parts += [format_bench(bench, result, cold) for bench, result in report["benches"].items()]
+    return "\n\n".join(parts)
+
+
+def default_threads() -> Optional[int]:
+    """1 on a machine with at most two cores, else ``None`` (torch's default)."""
+    cores = os.cpu_count()
+    return 1 if cores is not None and cores <= 2 else None
 
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", default=",".join(BENCHES), help="comma-separated: mlp,cnn (default both)")
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per variant (default 100)")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per variant (default 200)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per variant first (default 10)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="interleaved timing rounds, turn order rotating (default 10)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: 1 with at most 2 cores, else torch's)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--cold-compile", action="store_true",
+                        help="disable torch.compile's caches, so that 1st step is a full compile every run")
     parser.add_argument("--unfused", action="store_true", help="biofx's eager mechanisms op by op (BIOFX_FUSED=0)")
     parser.add_argument("--small", action="store_true", help="tiny models and batches (for tests)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="also list each variant's top N ops")
     parser.add_argument("--out", default="bench-results/bench.json", help="JSON output path ('' for none)")
     args = parser.parse_args(argv)
+    if args.threads is None:
+        args.threads = default_threads()
     args.bench = [b.strip() for b in args.bench.split(",") if b.strip()]
     unknown = [b for b in args.bench if b not in MODELS]
     if unknown or not args.bench:
@@ -421,20 +568,28 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[list] = None) -> dict:
-    """Run the benches, print the table, write the JSON (unless ``--out ''``); return the report."""
+    """Run the benches, printing each table as its bench ends, write the JSON (unless ``--out ''``)."""
     args = parse_args(argv)
+    previous_threads = torch.get_num_threads()  # restored afterwards: main() is also called from tests
+    previous_kernels = (kernels.enabled(), kernels.after_calls())
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    kernels.set_enabled(not args.unfused, after_calls=0)  # steady state: compiled during warmup
     device = torch.device(args.device)
     report = {"meta": _meta(args, device), "benches": {}}
-    previous = (kernels.enabled(), kernels.after_calls())  # restored afterwards: main() is also called from tests
-    kernels.set_enabled(not args.unfused, after_calls=0)  # steady state: compiled during warmup
+    print(format_meta(report["meta"]), flush=True)
     try:
-        for name in args.bench:
-            report["benches"][name] = run_bench(name, args, device)
+        with torch.compiler.config.patch(force_disable_caches=args.cold_compile), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # --cold-compile: expected
+            if not args.no_compile or not args.unfused:  # some variant compiles (torch.compile or fused kernels)
+                report["meta"]["compiler_warmup_s"] = warm_up_compiler(device)
+                _progress(f"warmed up the compiler in {report['meta']['compiler_warmup_s']:.1f} s")
+            for name in args.bench:
+                report["benches"][name] = run_bench(name, args, device)
+                print("\n" + format_bench(name, report["benches"][name], args.cold_compile), flush=True)
     finally:
-        kernels.set_enabled(*previous)
-    print(format_table(report))
+        kernels.set_enabled(*previous_kernels)
+        torch.set_num_threads(previous_threads)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -75,6 +75,10 @@ def scale_step_(
     ``mean_magnitude`` as in :func:`scaled_step`).
     """
     w = weight.detach()
+    if volume_args is None and crystal_args is None and w.dtype == multipliers.dtype == torch.float32:
+        if fuzzy:  # fuzzy rates alone: one eager pass, w₀ + f·(w₁ − w₀), no kernel to launch
+            torch.lerp(before, w, multipliers, out=w)
+        return
     grad = weight.grad if grad is None else grad
     new_weight, new_multipliers = scaled_step(
         before.reshape(-1),
