@@ -7,6 +7,7 @@
 """
 
 import importlib
+import sys
 
 from .config import DEFAULT_BIO_CONFIG, BioConfig, ConfigMap, Distribution
 from .layers import LayerKind, register_layer_kind
@@ -17,10 +18,18 @@ from .transform import TransformReport, transform
 # ``summary`` stays eager: the submodule of the same name would otherwise shadow the function
 # once anything imports ``biofx.summary`` (the module is cheap: it needs only biofx.model).
 from .summary import Summary, summary
+from .compat import BioConverter, bio_config, bio_converter, bio_module
+from . import hooks, kernels  # documented alias modules, attributes of biofx as they always were
+
+# The reference's module paths, as the migration guide imports them (``from biofx.bio_config
+# import BioConfig``): the modules of biofx.compat, registered under the top-level names.
+for _module in (bio_config, bio_converter, bio_module):
+    sys.modules[f"{__name__}.{_module.__name__.rpartition('.')[2]}"] = _module
+del _module
 
 # Public names whose modules load on first use: ``biofx.viz`` needs networkx, which alone
 # costs about as much as the rest of biofx. ``from biofx import draw`` works as before.
-_LAZY = {"to_networkx": "viz", "draw": "viz", "BioConverter": "compat"}
+_LAZY = {"to_networkx": "viz", "draw": "viz"}
 
 __version__ = "0.1.0"
 

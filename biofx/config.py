@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import torch.nn as nn
 
+from . import registry
 from .mechanisms.dale import MODES as DALE_MODES
 
 __all__ = ["BioConfig", "Distribution", "ConfigMap", "MECHANISMS", "DEFAULT_BIO_CONFIG"]
@@ -39,8 +40,8 @@ class Distribution(str, enum.Enum):
     ACTIVITY = "activity"
 
 
-#: Gradient mechanisms that ``BioConfig.automatic`` may name.
-MECHANISMS = ("fuzzy", "volume", "crystallize", "scaling")
+#: Gradient mechanisms that ``BioConfig.automatic`` may name (from :mod:`biofx.registry`).
+MECHANISMS = registry.automatic_names()
 #: Where the automatic multiplicative mechanisms act (``BioConfig.acts_on``).
 ACTS_ON = ("update", "gradient")
 
@@ -134,7 +135,7 @@ class BioConfig:
     fuzzy_lr_layer_index: int = -1
     fuzzy_lr_total_layers: int = -1
     # biofx's own fields
-    automatic: tuple = ("fuzzy",)
+    automatic: tuple = (registry.FUZZY.name,)
     acts_on: str = "update"
     dale_excitatory_fraction: float = 0.8
     dale_mode: str = "dann"
@@ -239,7 +240,7 @@ class BioConfig:
     @property
     def scales_update(self) -> bool:
         """Whether automatic fuzzy or volume factors scale the optimizer's update at the step."""
-        return self.acts_on == "update" and bool({"fuzzy", "volume"} & set(self.automatic))
+        return self.acts_on == "update" and any(m.is_on(self) for m in registry.MULTIPLICATIVE)
 
     @property
     def tracks_activity(self) -> bool:

@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from . import kernels
+from . import registry, tiered_compile
 from .config import BioConfig
 from .transform import transform
 
@@ -74,7 +74,7 @@ THRESHOLDS = (0.90, 0.95)
 PAPER_CONFIG = BioConfig(
     fuzzy_learning_rate_factor_nu=0.09,
     fuzzy_lr_distribution="uniform",
-    automatic=("fuzzy",),
+    automatic=(registry.FUZZY.name,),
     rejuvenation_parameter_dre=14.0,
     rejuvenate_every=1,
     weight_splitting_Gamma=2,
@@ -504,13 +504,13 @@ def main(argv: Optional[list] = None) -> int:
     except OSError as err:
         print(f"biofx demo: error: cannot use --out {str(args.out)!r} as the output folder: {err}", file=sys.stderr)
         return 2
-    fused = kernels.enabled()
-    kernels.set_enabled(False)  # models this small gain nothing from fused kernels: skip compiling
+    fused = tiered_compile.enabled()
+    tiered_compile.set_enabled(False)  # models this small gain nothing from fused kernels: skip compiling
     try:
         with single_thread():
             results = _run(args, data, tqdm)
     finally:
-        kernels.set_enabled(fused)
+        tiered_compile.set_enabled(fused)
     print(
         f"biofx demo: {args.model.upper()} on digits ({len(data.x_train)} train / {len(data.x_val)} validation), "
         f"{args.epochs} epochs, SGD lr={args.lr} momentum={args.momentum} batch={args.batch_size}, "

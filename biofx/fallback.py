@@ -13,20 +13,23 @@ Face's ``*args/**kwargs`` decorators). :func:`biofx.transform` then calls
   other torch.nn modules, TorchScript modules) are kept whole and eager, as in a whole-model
   trace, and their layers are reported plain with the reason: converting ``out_proj`` on its
   own would not help, since ``nn.MultiheadAttention`` reads its weight directly.
-* **Parts.** Each part is rewritten by the same plan and passes as a whole model and becomes
-  a :class:`~biofx.BioGraphModule` at its place. Layer indices (RNG keys, LAYER_ADAPTIVE's
-  l and L) count over the whole model, so no two layers share a key.
+* **Parts.** The parts go through the same pipeline as a whole model
+  (:func:`biofx.pipeline.convert`, each with its path as prefix) and each becomes a
+  :class:`~biofx.BioGraphModule` at its place. Numbering is once over all parts: layer
+  indices (RNG keys, LAYER_ADAPTIVE's l and L) count over the whole model, so no two layers
+  share a key.
 * **Weight splitting.** "The last bio layer is skipped" refers to the whole model's last
   layer. The root does not trace, so execution order across parts is unknown; biofx takes
-  the last layer in search order (registration order, which is execution order in
-  ``nn.Sequential``, Hugging Face and torchvision models; within a part, execution order).
+  the last part in search order (registration order, which is execution order in
+  ``nn.Sequential``, Hugging Face and torchvision models) and its last-called layer.
   Mark another layer with ``BioConverter.mark_skip_weight_splitting`` if that is wrong.
 * **Root.** The containers on the path from the root to each part are shallow-copied and the
   part is put in the copy, so ``model`` stays plain and shares its parameters and leaf modules
   with the result, as after a whole-model trace. The copied root's class becomes
   ``Bio<Name>``, a cached subclass of :class:`BioRoot` and the model's class: it has the
   model-level methods (:class:`~biofx.model.BioMethods` finds every
-  :class:`~biofx.BioSynapses` through ``modules()``), a merged :class:`FallbackReport` as
+  :class:`~biofx.BioSynapses` through ``modules()``), a merged
+  :class:`~biofx.report.FallbackReport` as
   ``bio_report``, and pickles as "rebuild ``Bio<Name>`` from ``<Name>``", so
   ``torch.save(model)`` / ``torch.load`` (also in a fresh process) and ``copy.deepcopy`` work
   whenever the original class is importable.
@@ -48,42 +51,23 @@ import dataclasses
 import logging
 from typing import Iterable, Optional
 
-import torch.fx as fx
 import torch.nn as nn
 
-from . import hooks
-from .config import ConfigMap, Distribution
+from . import runtime
+from .config import ConfigMap
 from .layers import kind_of
-from .model import BioGraphModule, BioMethods
-from .passes import plan_layers
-from .passes.plan import convertible_modules, log_plain, plan_splitting, scripted_layers
+from .model import BioMethods
+from .passes.plan import convertible_modules, scripted_layers
 from .passes.plan import join_path as _join
+from .pipeline import Graph, convert, root_layer_graph
+from .report import FallbackReport, log_plain
 from .tracing import BioTracer, TraceError, leaf_reason, trace
-from .transform import TransformReport, _single_layer, build
 
 log = logging.getLogger("biofx")
 
+# FallbackReport lives in biofx.report; ``biofx.fallback.FallbackReport`` is documented (and
+# old pickles name it), so it is re-exported here.
 __all__ = ["transform_parts", "BioRoot", "FallbackReport", "bio_class"]
-
-
-@dataclasses.dataclass(frozen=True)
-class FallbackReport(TransformReport):
-    """A :class:`~biofx.TransformReport` for a model converted in parts.
-
-    ``parts``: paths of the converted parts (each a BioGraphModule); ``eager``:
-    ``(path, reason)`` for the modules that did not trace and run eagerly around them
-    (``""`` is the root).
-    """
-
-    parts: tuple = ()
-    eager: tuple = ()
-
-    def __str__(self) -> str:
-        lines = [super().__str__(), f"traced in {len(self.parts)} part(s): {', '.join(self.parts)}"]
-        if self.eager:
-            lines.append(f"eager (not traceable) {len(self.eager)} module(s):")
-            lines += [f"  {path or '<root>'}: {reason}" for path, reason in self.eager]
-        return "\n".join(lines)
 
 
 class BioRoot(BioMethods):
@@ -120,36 +104,15 @@ def _rebuild_root(base: type) -> BioRoot:
 
 @dataclasses.dataclass
 class _Part:
-    """A submodule converted as a whole: its paths in the model, module, trace and plan."""
+    """A submodule converted as a whole: its paths in the model (several when it is
+    registered at several places) and its graph for the pipeline."""
 
     paths: list
-    module: nn.Module
-    gm: Optional[fx.GraphModule]  # None: a single layer
-    layers: list = dataclasses.field(default_factory=list)
-    plain: list = dataclasses.field(default_factory=list)
+    graph: Graph
 
     @property
     def path(self) -> str:
         return self.paths[0]
-
-
-class _Scoped:
-    """A :class:`~biofx.ConfigMap` seen from inside the part at ``prefix`` (names are full paths).
-
-    It plans without weight splitting (Γ = 0): :func:`_number` decides splitting for the
-    whole model. The check that every name and pattern matches a layer runs once, for the
-    whole model.
-    """
-
-    def __init__(self, config_map: ConfigMap, prefix: str) -> None:
-        self.config_map, self.prefix = config_map, prefix
-
-    def select(self, name: str, module: nn.Module):
-        config, rule = self.config_map.select(_join(self.prefix, name), module)
-        return (config.replace(weight_splitting_Gamma=0) if config is not None else None), rule
-
-    def check_all_used(self, layer_names: list) -> None:
-        pass
 
 
 def transform_parts(
@@ -173,17 +136,14 @@ def transform_parts(
             f"{error} No submodule holding a Linear/Conv could be converted on its own either "
             f"({'all are inside leaf modules' if _has_layers(model) else 'the model has none'})."
         ) from error
-    config_map.check_all_used([name for name, _ in convertible_modules(model)])
-    for part in parts:
-        _plan(part, config_map)
-    _number(parts, seed)
-    converted = {id(part.module): _build(part) for part in parts}
+    bios = convert([part.graph for part in parts], config_map, model, seed)
+    converted = {id(part.graph.module): bio for part, bio in zip(parts, bios)}
     root = _assemble(model, parts, converted)
     root.bio_report = _merge(model, parts, converted, eager, leaves)
     log_plain(root.bio_report.plain)
     for path, reason in eager:
         log.info("biofx runs %s eagerly: %s", path, reason)
-    hooks.install()
+    runtime.install()
     return root
 
 
@@ -200,7 +160,7 @@ def _search(module, path, leaves, found: dict, inside: set, parts: list, eager: 
         if id(child) in inside or not _has_layers(child) or (leaves and isinstance(child, leaves)):
             continue
         if kind_of(child) is not None:
-            part = _Part([child_path], child, None)
+            part = _Part([child_path], Graph(child, root_layer_graph(child), prefix=child_path))
         elif type(child).forward is nn.Module.forward:  # a container (ModuleList, ModuleDict)
             _search(child, child_path, leaves, found, inside, parts, eager)
             continue
@@ -208,7 +168,7 @@ def _search(module, path, leaves, found: dict, inside: set, parts: list, eager: 
             continue
         else:
             try:
-                part = _Part([child_path], child, trace(child, leaves, None, child_path))
+                part = _Part([child_path], Graph(child, trace(child, leaves, None, child_path), prefix=child_path))
             except TraceError as err:
                 eager.append((child_path, _short(err)))
                 _search(child, child_path, leaves, found, inside, parts, eager)
@@ -227,44 +187,6 @@ def _has_layers(module: nn.Module) -> bool:
     return any(kind_of(m) is not None for m in module.modules())
 
 
-# -- plan, number, build ------------------------------------------------------------------
-def _plan(part: _Part, config_map: ConfigMap) -> None:
-    scoped = _Scoped(config_map, part.path)
-    if part.gm is None:
-        part.gm, part.layers, part.plain = _single_layer(part.module, scoped)
-    else:
-        part.layers, part.plain = plan_layers(part.gm, scoped, part.module, part.path)
-    for layer in part.layers:
-        layer.config = config_map.select(_join(part.path, layer.name), layer.module)[0]
-
-
-def _number(parts: list, seed: int) -> None:
-    """Whole-model layer indices, seeds and weight splitting (the model's last layer is skipped)."""
-    layers = [(part, layer) for part in parts for layer in part.layers]
-    total = len(layers)
-    for index, (part, layer) in enumerate(layers):
-        layer.index = index
-        layer.seed = layer.config.seed if layer.config.seed is not None else seed
-        cfg = layer.config
-        if cfg.fuzzy_lr_distribution is Distribution.LAYER_ADAPTIVE:
-            # "-1: set by the transform": l and L of the whole model, not of the part
-            layer.config = cfg.replace(
-                fuzzy_lr_layer_index=cfg.fuzzy_lr_layer_index if cfg.fuzzy_lr_layer_index >= 0 else index,
-                fuzzy_lr_total_layers=cfg.fuzzy_lr_total_layers if cfg.fuzzy_lr_total_layers > 0 else total,
-            )
-        if total == 1 or index < total - 1:
-            name, layer.name = layer.name, _join(part.path, layer.name)  # full path in errors
-            try:
-                plan_splitting([layer])  # one layer: split unless skipped by config or mark
-            finally:
-                layer.name = name
-
-
-def _build(part: _Part) -> BioGraphModule:
-    """Run the passes on the part's graph; its state modules get the layers' full paths."""
-    return build(part.gm, part.layers, part.plain, type(part.module).__name__, prefix=part.path)
-
-
 # -- assemble and report ------------------------------------------------------------------
 def _assemble(model: nn.Module, parts: list, converted: dict) -> BioRoot:
     """A copy of the containers above the parts, with the parts in place; the root a ``Bio<Name>``."""
@@ -281,7 +203,7 @@ def _assemble(model: nn.Module, parts: list, converted: dict) -> BioRoot:
     for part in parts:
         for path in part.paths:
             parent_path, _, name = path.rpartition(".")
-            container(parent_path)._modules[name] = converted[id(part.module)]
+            container(parent_path)._modules[name] = converted[id(part.graph.module)]
     return root
 
 
@@ -297,7 +219,7 @@ def _merge(model, parts, converted, eager, leaves) -> FallbackReport:
     """One report for the whole model: the parts' reports with full layer paths."""
     layers, plain, passes = [], [], {}
     for part in parts:
-        report = converted[id(part.module)].bio_report
+        report = converted[id(part.graph.module)].bio_report
         layers += [dataclasses.replace(r, name=_join(part.path, r.name)) for r in report.converted]
         plain += [(_join(part.path, "" if name == "<root>" else name), why) for name, why in report.plain]
         for name, count in report.passes:

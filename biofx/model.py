@@ -1,6 +1,8 @@
 """The model-level API of a transformed model: :class:`BioMethods` and :class:`BioGraphModule`.
 
-Every method acts on all bio layers of the model (their :class:`~biofx.state.BioSynapses`).
+Every method acts on all bio layers of the model (their :class:`~biofx.state.BioSynapses`),
+calling the layer-level method of the same name (the mechanism's ``method`` in
+:mod:`biofx.registry`).
 Gradient methods act once on ``.grad`` when called (the reference's explicit way); for a
 mechanism a layer already runs automatically (``BioConfig.automatic``) the call is a no-op
 with a one-time warning, so nothing is ever applied twice.
@@ -15,12 +17,13 @@ import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 
+from . import registry
 from .mechanisms import dale
-from .state import RANK_LOCAL_BUFFERS, BioSynapses
+from .state import RANK_LOCAL_BUFFERS, STATE_ROOT, BioSynapses
 
 __all__ = ["BioMethods", "BioGraphModule", "keep_state"]
 
-STATE_PREFIX = "biofx_state."
+STATE_PREFIX = f"{STATE_ROOT}."
 
 
 class BioMethods:
@@ -44,8 +47,8 @@ class BioMethods:
             warned.add(key)
             warnings.warn(message, UserWarning, stacklevel=3)
 
-    def _explicit(self, mechanism: str, method: str) -> list[BioSynapses]:
-        """Layers the explicit ``method`` acts on: trainable ones with a gradient.
+    def _explicit(self, mechanism: registry.Mechanism) -> list[BioSynapses]:
+        """Layers the explicit method of ``mechanism`` acts on: trainable ones with a gradient.
 
         Frozen layers and layers the last backward did not reach (an unused head, say) are
         skipped; no gradient at all means the call came before any backward: RuntimeError.
@@ -54,39 +57,47 @@ class BioMethods:
         layers = [layer for layer in trainable if layer.weight.grad is not None]
         if trainable and not layers:
             raise RuntimeError("No gradients found for the weights")  # called before any backward
-        manual = [layer for layer in layers if not layer.automatic(mechanism)]
+        manual = [layer for layer in layers if not layer.is_automatic(mechanism)]
         if len(manual) < len(layers):
             self._warn_once(
-                mechanism,
-                f"{method}() skipped layers that apply {mechanism!r} automatically in the graph "
+                mechanism.name,
+                f"{mechanism.method}() skipped layers that apply {mechanism.name!r} automatically in the graph "
                 f"(BioConfig.automatic); calling it would apply it twice. Set automatic=() for the "
                 f"reference library's explicit behaviour.",
             )
         return manual
 
+    def _run_explicit(self, mechanism: registry.Mechanism) -> None:
+        for layer in self._explicit(mechanism):
+            getattr(layer, mechanism.method)()
+
+    def _dale_layers(self, error: str) -> list[BioSynapses]:
+        """The layers with Dale's principle; none: the reference's ``AttributeError``."""
+        layers = [layer for layer in self.bio_layers() if registry.DALE.is_on(layer.config)]
+        if not layers:
+            raise AttributeError(error)
+        return layers
+
     # -- gradient mechanisms ----------------------------------------------------------------
     @torch.no_grad()
     def fuzzy_learning_rates(self) -> None:
         """Synaptic diversity: ``g ← g·f`` for every bio weight."""
-        for layer in self._explicit("fuzzy", "fuzzy_learning_rates"):
-            layer.apply_fuzzy()
+        self._run_explicit(registry.FUZZY)
 
     @torch.no_grad()
     def volume_dependent_lr(self) -> None:
         """Volume-dependent plasticity: ``g ← g·|N(μ, lr_variability·μ)|``, ``μ = base_lr·exp(−s·|w|/(|w|+1))``."""
-        for layer in self._explicit("volume", "volume_dependent_lr"):
-            layer.apply_volume()
+        self._run_explicit(registry.VOLUME)
 
     @torch.no_grad()
     def crystallize(self) -> None:
         """Crystallization: ``f ← f·dampening_factor`` where ``|g|/|w| < crystal_thresh`` or ``|g| > mean|w|``."""
-        for layer in self._explicit("crystallize", "crystallize"):
-            layer.crystallize()
+        self._run_explicit(registry.CRYSTALLIZE)
 
     @torch.no_grad()
     def scale_grad(self) -> None:
         """Synaptic scaling: ``g ← g − γ·(a_target − ā_i)·w`` (see :mod:`biofx.mechanisms.scaling`)."""
-        layers = self._explicit("scaling", "scale_grad")
+        layers = self._explicit(registry.SCALING)
         if layers and not any(layer.config.synaptic_scaling_gamma > 0 for layer in layers):
             self._warn_once(
                 "scaling-off",
@@ -105,42 +116,35 @@ class BioMethods:
         outputs in the forward pass.
         """
         for layer in self.bio_layers():
-            if layer.automatic("fuzzy") and layer.config.fuzzy_lr_dynamic:
+            if layer.is_automatic(registry.FUZZY) and layer.config.fuzzy_lr_dynamic:
                 self._warn_once(
                     "update",
                     "update_fuzzy_learning_rates() skipped layers whose dynamic fuzzy rates update "
-                    "automatically at every optimizer step (BioConfig.automatic contains 'fuzzy').",
+                    f"automatically at every optimizer step (BioConfig.automatic contains {registry.FUZZY.name!r}).",
                 )
                 continue
-            layer.update_fuzzy()
+            layer.update_fuzzy_learning_rates()
 
     def rejuvenate_weights(self) -> torch.Tensor:
         """Rejuvenation (spine turnover); returns how many weights were replaced (0-d tensor)."""
-        counts = [layer.rejuvenate() for layer in self.bio_layers()]
+        counts = [layer.rejuvenate_weights() for layer in self.bio_layers()]
         return torch.stack(counts).sum() if counts else torch.zeros((), dtype=torch.int64)
 
     def enforce_dales_principle(self) -> None:
         """Stored weights onto Dale's constraint, the forward unchanged: ``w ← s·|w|``
         (DANN mode: the interneuron weights too)."""
-        layers = [layer for layer in self.bio_layers() if layer.config.apply_dales_principle]
-        if not layers:
-            raise AttributeError("Can not enforce dales principle without apply_dales_principle set True.")
-        for layer in layers:
-            layer.enforce_dale()
+        for layer in self._dale_layers("Can not enforce dales principle without apply_dales_principle set True."):
+            layer.enforce_dales_principle()
 
     def dalian_network_initialization(self) -> None:
         """Balanced Dale initialization (done at transform time; call again after re-initializing)."""
-        layers = [layer for layer in self.bio_layers() if layer.config.apply_dales_principle]
-        if not layers:
-            raise AttributeError(
-                f"Can not use dalians network initialization on {type(self)}: apply_dales_principle is False"
-            )
-        for layer in layers:
-            layer.dale_initialize()
+        error = f"Can not use dalians network initialization on {type(self)}: apply_dales_principle is False"
+        for layer in self._dale_layers(error):
+            layer.dalian_network_initialization()
 
     def l1_reg(self) -> torch.Tensor:
         """L1 norm ``Σ|w|`` of the bio layers' weights (differentiable, add it to the loss)."""
-        terms = [layer.l1() for layer in self.bio_layers()]
+        terms = [layer.l1_reg() for layer in self.bio_layers()]
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
     def reset_bio_state(self) -> None:
@@ -160,8 +164,7 @@ class BioMethods:
     def advance_step(self) -> None:
         """Advance the step counters by hand (only for updates made without ``torch.optim``)."""
         for layer in self.bio_layers():
-            layer.step.add_(1)
-            layer.advance()
+            layer.steps.add(1)
 
     # -- distributed ------------------------------------------------------------------------
     @property
@@ -197,7 +200,7 @@ class BioMethods:
         """``state_dict()`` without bio state: loads into the original model. A Dale layer's
         weight is the one its forward uses (``s·|w|``, minus ``|W_EI|·|W_IE|`` in DANN mode)."""
         state = {k: v for k, v in self.state_dict().items() if not _bio_key(k)}
-        dale_layers = {id(layer.weight): layer for layer in self.bio_layers() if layer.config.apply_dales_principle}
+        dale_layers = {id(layer.weight): layer for layer in self.bio_layers() if registry.DALE.is_on(layer.config)}
         for name, param in self.named_parameters(remove_duplicate=False):
             if id(param) in dale_layers:
                 state[name] = dale_layers[id(param)].dale_weight().detach()
@@ -211,7 +214,7 @@ class BioMethods:
 class BioGraphModule(BioMethods, fx.GraphModule):
     """A ``torch.fx.GraphModule`` with bio layers and the model-level bio methods.
 
-    ``bio_report`` (a :class:`~biofx.transform.TransformReport`) tells what was converted.
+    ``bio_report`` (a :class:`~biofx.report.TransformReport`) tells what was converted.
     """
 
     def keep_state(self, source: torch.nn.Module) -> None:

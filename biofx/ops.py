@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from . import sharding
+from . import registry
 from ._leaf import graph_leaf
 
 from .mechanisms import dale, fuzzy, volume
@@ -18,13 +19,13 @@ from .mechanisms import dale, fuzzy, volume
 __all__ = ["dale_weight", "dale_inhibit", "fuzzy_grad", "volume_grad", "weight_split"]
 
 
-@graph_leaf("dale")
+@graph_leaf(registry.DALE.name)
 def dale_weight(weight: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     """Dale parametrization: ``s·|w|``, one sign per presynaptic unit."""
     return dale.constrain(weight, sign)
 
 
-@graph_leaf("dale")
+@graph_leaf(registry.DALE.name)
 def dale_inhibit(weight: torch.Tensor, w_ei: torch.Tensor, w_ie: torch.Tensor, out_axis: int) -> torch.Tensor:
     """DANN's interneurons: ``W − |W_EI|·|W_IE|``."""
     return dale.inhibit(weight, w_ei, w_ie, out_axis)
@@ -62,7 +63,7 @@ class _VolumeGrad(torch.autograd.Function):
         return scaled, None, None, None, None, None
 
 
-@graph_leaf("fuzzy")
+@graph_leaf(registry.FUZZY.name)
 def fuzzy_grad(weight: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
     """Identity forward; backward ``g ← g·f`` (synaptic diversity).
 
@@ -71,7 +72,7 @@ def fuzzy_grad(weight: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
     return _FuzzyGrad.apply(weight, sharding.full(multipliers))
 
 
-@graph_leaf("volume")
+@graph_leaf(registry.VOLUME.name)
 def volume_grad(
     weight: torch.Tensor,
     key: torch.Tensor,
@@ -84,7 +85,7 @@ def volume_grad(
     return _VolumeGrad.apply(weight, key, step, base_lr, stability_factor, lr_variability)
 
 
-@graph_leaf("weight_split")
+@graph_leaf(registry.WEIGHT_SPLIT.name)
 def weight_split(output: torch.Tensor, gamma: int, dim: int) -> torch.Tensor:
     """Multi-synaptic connectivity: sum groups of Γ consecutive units, give each member the sum.
 

@@ -22,18 +22,21 @@ and ``fuzzy_lr`` becomes a DTensor sharded like it (:mod:`biofx.sharding`).
 Bio state stays float32 when the model is cast (``model.half()``) or runs under autocast.
 The module is also the activity probe: called on the layer's output in the forward pass,
 it counts activity in training mode and returns the output unchanged.
+
+This module holds state and pure per-layer methods. Which layers are live and when their
+step-level methods run is the run time's business (:mod:`biofx.runtime`). A layer-level
+method has the name of the model-level method that calls it (:mod:`biofx.registry`).
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from . import rng, sharding
+from . import registry, rng, runtime, sharding
 from ._leaf import bio_annotation
 from .config import BioConfig, Distribution
 from .layers import LayerKind
@@ -41,29 +44,36 @@ from .mechanisms import crystallize, dale, fuzzy, rejuvenate, scaling, update, v
 
 log = logging.getLogger("biofx")
 
+#: The ``nn.ModuleDict`` of a bio model that holds every layer's state module.
+STATE_ROOT = "biofx_state"
+
 #: Buffers that count activity per rank between optimizer steps (summed over ranks at the
 #: step), which DistributedDataParallel must not overwrite with rank 0's at each forward.
 RANK_LOCAL_BUFFERS = ("activity_sum", "activity_active", "activity_n")
 
-# Every live BioSynapses, for the optimizer-step hooks (see biofx.hooks), and a counter of
-# registrations so the hooks know when to look again.
-_LIVE: "weakref.WeakSet[BioSynapses]" = weakref.WeakSet()
-_REGISTRATIONS = [0]
 
+class Counter:
+    """One counter of a layer: the int64 buffer ``<name>`` of its state module (saved in
+    ``state_dict()``, read on the device by graph nodes and RNG keys) and its value on the host
+    (:attr:`value`, for schedule decisions without a device sync). :meth:`add` advances both;
+    :meth:`sync` reads the buffer once (after loading a checkpoint).
+    """
 
-def _register(synapses: "BioSynapses") -> None:
-    """Add a live state; an older live state of the same Parameter (an earlier transform of the
-    same model) is superseded: the optimizer-step hooks stop driving it."""
-    for other in list(_LIVE):
-        if other is not synapses and other.weight is synapses.weight and not other.superseded:
-            other.superseded = True
-            log.warning(
-                "biofx: %r was already driven by an earlier transform of the same model; "
-                "the newer transform takes it over and the earlier one stops acting at the step",
-                synapses.layer_name,
-            )
-    _LIVE.add(synapses)
-    _REGISTRATIONS[0] += 1
+    def __init__(self, owner: nn.Module, name: str) -> None:
+        # the owner's buffer dict, not the owner: no reference cycle, so a dropped model's
+        # state leaves the live-layer registry at once (deepcopy and pickle keep the pairing)
+        self._buffers, self.name, self.value = owner._buffers, name, 0
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return self._buffers[self.name]
+
+    def add(self, n: int = 1) -> None:
+        self.value += n
+        self.tensor.add_(n)
+
+    def sync(self) -> None:
+        self.value = int(self.tensor)
 
 
 class BioSynapses(nn.Module):
@@ -132,14 +142,12 @@ class BioSynapses(nn.Module):
             for buffer in ("activity_count", "activity_mean", *RANK_LOCAL_BUFFERS[:2]):
                 self.register_buffer(buffer, torch.zeros(channels, device=device))
             self.register_buffer(RANK_LOCAL_BUFFERS[2], torch.zeros((), device=device))
-        self._updates = 0
-        self._step = 0
-        self._before_step: Optional[torch.Tensor] = None  # the weight before the step (acts_on="update")
-        self._interneuron_steps: list = []  # DANN's interneuron weights before the step (acts_on="update")
+        #: optimizer steps taken (keys the volume noise) and fuzzy-rate updates done
+        self.steps, self.fuzzy_updates = Counter(self, "step"), Counter(self, "updates")
         #: other modules' names for this weight when non-bio modules read it too (tied weights)
         self.shared_with: tuple = ()
         if self.managed and register:
-            _register(self)
+            runtime.register(self)
 
     # -- plumbing --------------------------------------------------------------------------
     @property
@@ -155,13 +163,15 @@ class BioSynapses(nn.Module):
 
     def __setstate__(self, state: dict) -> None:  # pickle and deepcopy
         super().__setstate__(state)
+        if "steps" not in state:  # pickled by biofx 0.1 before the counters were objects
+            self.steps, self.fuzzy_updates = Counter(self, "step"), Counter(self, "updates")
+            self.steps.value, self.fuzzy_updates.value = state.get("_step", 0), state.get("_updates", 0)
         if self.managed:
-            _register(self)
+            runtime.register(self)
 
     def _sync_counters(self) -> None:
-        """Host mirrors of the counters, for schedule decisions without a device sync."""
-        self._updates = int(self.updates)
-        self._step = int(self.step)
+        self.steps.sync()
+        self.fuzzy_updates.sync()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         where = self._shard()  # under FSDP, fuzzy_lr is sharded like the weight before it loads
@@ -180,8 +190,9 @@ class BioSynapses(nn.Module):
                 self._buffers[name] = self._buffers[name].to(dtype)
         return self
 
-    def automatic(self, mechanism: str) -> bool:
-        return mechanism in self.config.automatic
+    def is_automatic(self, mechanism: registry.Mechanism) -> bool:
+        """Whether this layer applies ``mechanism`` by itself (``BioConfig.automatic``)."""
+        return mechanism.is_on(self.config)
 
     def require_grad(self) -> torch.Tensor:
         """The weight's gradient (this rank's shard of it under FSDP)."""
@@ -223,14 +234,14 @@ class BioSynapses(nn.Module):
         for name, buffer in fresh.named_buffers():
             self._buffers[name].copy_(buffer)
         self._sync_counters()
-        if self.config.apply_dales_principle:
-            self.dale_initialize()
+        if registry.DALE.is_on(self.config):
+            self.dalian_network_initialization()
 
     # -- forward: activity probe -----------------------------------------------------------
     def forward(self, output: torch.Tensor) -> torch.Tensor:
         """Count the layer's activity (training mode only); return ``output`` unchanged."""
         if self.training:
-            with torch.no_grad(), bio_annotation("activity"):
+            with torch.no_grad(), bio_annotation(registry.ACTIVITY.name):
                 y = output.detach().float().movedim(self.kind.channel_dim, -1)
                 y = y.reshape(-1, y.shape[-1])
                 self.activity_sum.add_(torch.relu(y).sum(0))
@@ -258,8 +269,9 @@ class BioSynapses(nn.Module):
             buffer.zero_()
 
     # -- gradient mechanisms (act on .grad once) -------------------------------------------
-    def apply_fuzzy(self) -> None:
-        """``g ← g·f``."""
+    @torch.no_grad()
+    def fuzzy_learning_rates(self) -> None:
+        """Synaptic diversity on ``.grad``: ``g ← g·f``."""
         self._shard()
         grad, multipliers = self.require_grad(), sharding.local(self.fuzzy_lr)
         if grad.dtype == torch.float32:
@@ -267,12 +279,14 @@ class BioSynapses(nn.Module):
         else:
             grad.copy_(fuzzy.apply(grad, multipliers))
 
-    def apply_volume(self) -> None:
-        """``g ← g·|N(μ, lr_variability·μ)|`` with this step's noise."""
+    @torch.no_grad()
+    def volume_dependent_lr(self) -> None:
+        """Volume-dependent plasticity on ``.grad``: ``g ← g·|N(μ, lr_variability·μ)|`` with this step's noise."""
         where = self._shard()
         grad, weight = self.require_grad(), sharding.local(self.weight)
         grad.copy_(volume.scale_for(grad, weight, self.rng_key, self.step, self.config, sharding.offset(where)))
 
+    @torch.no_grad()
     def crystallize(self) -> None:
         """Dampen f where the step's gradient says the weight is settled or strongly driven."""
         if not self.weight.requires_grad:
@@ -282,6 +296,7 @@ class BioSynapses(nn.Module):
         mean_magnitude = None if where is None else sharding.layer_mean(weight.detach().float().abs(), where)
         crystallize.crystallize_(sharding.local(self.fuzzy_lr), weight, self.require_grad(), self.config, mean_magnitude)
 
+    @torch.no_grad()
     def scale_grad(self) -> None:
         """``g ← g − γ·(a_target − ā_i)·w`` from the running activity."""
         grad = self.require_grad()
@@ -298,49 +313,14 @@ class BioSynapses(nn.Module):
         )
         grad.add_(term.to(grad.dtype))
 
-    # -- the optimizer step (automatic path, driven by biofx.hooks) --------------------------
+    # -- the optimizer's update (acts_on="update"; scheduled by biofx.runtime) --------------
     @torch.no_grad()
-    def before_step(self) -> None:
-        """Step-level work before the optimizer's update, in the authors' order.
-
-        After backward: (for a tied weight with ``acts_on="gradient"``, fuzzy and volume on its
-        whole g), synaptic scaling (on g), rejuvenation (every ``rejuvenate_every``-th
-        step), then crystallization on g and the rejuvenated w, and the step. With
-        ``acts_on="update"`` the weight is kept so :meth:`after_step` can rescale the update;
-        crystallization then waits until the update has used this step's multipliers.
-        """
-        self._interneuron_steps = self._correct_interneurons_before_step()
-        has_grad = self.weight.grad is not None
-        if has_grad and self.shared_with and self.config.acts_on == "gradient":
-            if self.automatic("fuzzy"):
-                self.apply_fuzzy()
-            if self.automatic("volume"):
-                self.apply_volume()
-        if has_grad and self.automatic("scaling"):
-            self.scale_grad()
-        every = self.config.rejuvenate_every
-        if every and (self._step + 1) % every == 0:
-            self.rejuvenate()
-        if not has_grad:
-            return
-        if self.config.scales_update:
-            self._before_step = sharding.local(self.weight).detach().clone()
-        elif self.automatic("crystallize"):
-            self.crystallize()
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        """Rescale the update just taken (``acts_on="update"``), then crystallize on it."""
-        steps, self._interneuron_steps = self._interneuron_steps, []
-        for parameter, scale, before in steps:  # DANN's corrected interneuron updates
-            local = sharding.local(parameter)
-            local.copy_(torch.lerp(before, local, scale))
-        before, self._before_step = self._before_step, None
-        if before is None:
-            return
+    def scale_update(self, before: torch.Tensor) -> None:
+        """Rescale the update the optimizer just took (``w − before``, this rank's shard) by the
+        layer's automatic fuzzy and volume factors, then crystallize on it."""
         cfg = self.config
-        volume_args = (cfg.base_lr, cfg.stability_factor, cfg.lr_variability) if self.automatic("volume") else None
-        crystal_args = (cfg.crystal_thresh, cfg.dampening_factor) if self.automatic("crystallize") else None
+        volume_args = (cfg.base_lr, cfg.stability_factor, cfg.lr_variability) if self.is_automatic(registry.VOLUME) else None
+        crystal_args = (cfg.crystal_thresh, cfg.dampening_factor) if self.is_automatic(registry.CRYSTALLIZE) else None
         where = self._shard()
         sharded_crystal = where is not None and crystal_args is not None
         mean_magnitude = sharding.layer_mean(before.float().abs(), where) if sharded_crystal else None
@@ -350,7 +330,7 @@ class BioSynapses(nn.Module):
             sharding.local(self.fuzzy_lr),
             self.rng_key,
             self.step,
-            self.automatic("fuzzy"),
+            self.is_automatic(registry.FUZZY),
             volume_args,
             crystal_args,
             grad=sharding.local(self.weight.grad),
@@ -358,12 +338,14 @@ class BioSynapses(nn.Module):
             mean_magnitude=mean_magnitude,
         )
 
-    def _correct_interneurons_before_step(self) -> list:
+    @torch.no_grad()
+    def correct_interneurons_before_step(self) -> list:
         """DANN's interneuron updates scaled by :func:`~biofx.mechanisms.dale.interneuron_update_scales`:
         with ``acts_on="gradient"`` their gradients now (for SGD the same), otherwise their
-        updates after the step (any optimizer): returns ``(parameter, scale, value before)``."""
+        updates after the step (any optimizer): returns ``(parameter, scale, value before)`` for
+        :meth:`correct_interneurons_after_step`."""
         config = self.config
-        if not (config.apply_dales_principle and config.dale_mode == "dann"):
+        if not (registry.DALE.is_on(config) and config.dale_mode == "dann"):
             return []
         n_e = self.weight.shape[self.kind.out_axis]
         scales = dale.interneuron_update_scales(n_e, self.weight.numel() // n_e)
@@ -378,25 +360,32 @@ class BioSynapses(nn.Module):
                 steps.append((parameter, scale, sharding.local(parameter).detach().clone()))
         return steps
 
+    @torch.no_grad()
+    def correct_interneurons_after_step(self, steps: list) -> None:
+        """Scale the interneuron updates just taken (``steps`` from :meth:`correct_interneurons_before_step`)."""
+        for parameter, scale, before in steps:
+            local = sharding.local(parameter)
+            local.copy_(torch.lerp(before, local, scale))
+
     # -- state mechanisms --------------------------------------------------------------------
-    def update_fuzzy(self) -> None:
+    @torch.no_grad()
+    def update_fuzzy_learning_rates(self) -> None:
         """One fuzzy-rate update (TEMPORAL decay/noise, ACTIVITY redraw); no-op otherwise."""
         dist = self.config.fuzzy_lr_distribution
         if not self.config.fuzzy_lr_dynamic or dist not in (Distribution.TEMPORAL, Distribution.ACTIVITY):
             return
-        self._updates += 1
-        self.updates.add_(1)
+        self.fuzzy_updates.add(1)
         where = self._shard()
         multipliers, offset = sharding.local(self.fuzzy_lr), sharding.offset(where)
         if dist is Distribution.TEMPORAL:
-            fuzzy.temporal_update(multipliers, self._updates, self.updates, self.rng_key, self.config, offset)
+            fuzzy.temporal_update(multipliers, self.fuzzy_updates.value, self.updates, self.rng_key, self.config, offset)
         else:
             self.fold_activity()
             fuzzy.activity_update(
                 multipliers,
                 self.activity_count,
                 self.kind.out_axis,
-                self._updates,
+                self.fuzzy_updates.value,
                 self.updates,
                 self.rng_key,
                 self.config,
@@ -405,7 +394,7 @@ class BioSynapses(nn.Module):
             )
 
     @torch.no_grad()
-    def rejuvenate(self) -> torch.Tensor:
+    def rejuvenate_weights(self) -> torch.Tensor:
         """Rejuvenate the layer's weights; returns the number replaced (a 0-d tensor).
 
         Under FSDP each rank rejuvenates its shard, with max|W| all-reduced over the layer's
@@ -441,8 +430,12 @@ class BioSynapses(nn.Module):
         return weight
 
     @torch.no_grad()
-    def enforce_dale(self) -> None:
-        """Stored weights onto the constraint, the forward unchanged: ``w ← s·|w|`` (DANN: all ``|·|``)."""
+    def enforce_dales_principle(self) -> None:
+        """Stored weights onto the constraint, the forward unchanged: ``w ← s·|w|`` (DANN: all ``|·|``).
+
+        Raises the reference's ``AttributeError`` when Dale's principle is off."""
+        if not registry.DALE.is_on(self.config):
+            raise AttributeError("Can not enforce dales principle without apply_dales_principle set True.")
         where = self._shard()
         weight = sharding.local(self.weight)
         weight.copy_(dale.constrain(weight, sharding.local_rows(self.dale_sign, where)))
@@ -451,7 +444,7 @@ class BioSynapses(nn.Module):
             sharding.local(self.layer.dale_w_ie).abs_()
 
     @torch.no_grad()
-    def dale_initialize(self) -> None:
+    def dalian_network_initialization(self) -> None:
         """Balanced Dale initialization (:func:`biofx.mechanisms.dale.initialize_dann_` or
         :func:`~biofx.mechanisms.dale.initialize_column_`); draws are keyed by the layer's seed."""
         self._require_whole("Dale initialization (dalian_network_initialization())")
@@ -461,7 +454,7 @@ class BioSynapses(nn.Module):
         else:
             dale.initialize_column_(self.weight, self.dale_sign, self.kind.out_axis)
 
-    def l1(self) -> torch.Tensor:
+    def l1_reg(self) -> torch.Tensor:
         """``Σ|w|`` of the layer's weight."""
         return self.weight.abs().sum()
 
@@ -469,9 +462,14 @@ class BioSynapses(nn.Module):
         """Bytes of bio state this layer holds (on this rank, under FSDP)."""
         return sum(sharding.local(b).numel() * b.element_size() for b in self.buffers())
 
-    def advance(self) -> None:
-        """Host-side bookkeeping after an optimizer step (the tensor ``step`` is advanced in bulk)."""
-        self._step += 1
+    # The layer-level names of biofx 0.1, public as BioSynapses members: kept as aliases.
+    apply_fuzzy = fuzzy_learning_rates
+    apply_volume = volume_dependent_lr
+    update_fuzzy = update_fuzzy_learning_rates
+    rejuvenate = rejuvenate_weights
+    enforce_dale = enforce_dales_principle
+    dale_initialize = dalian_network_initialization
+    l1 = l1_reg
 
 
 def _presynaptic_units(layer: nn.Module, kind: LayerKind) -> int:
@@ -490,7 +488,3 @@ def _add_interneurons(layer: nn.Module, kind: LayerKind, excitatory_fraction: fl
     for name, size in ((w_ei, (num_excitatory, num_inhibitory)), (w_ie, shape)):
         layer.register_parameter(name, nn.Parameter(weight.new_zeros(size), requires_grad=weight.requires_grad))
 
-
-def live_synapses() -> tuple[int, list[BioSynapses]]:
-    """The registration count and every live, managed BioSynapses."""
-    return _REGISTRATIONS[0], list(_LIVE)

@@ -1,73 +1,35 @@
-"""``biofx.transform``: trace, plan, rewrite.
+"""``biofx.transform``: the entry point.
 
-::
-
-    model --trace--> GraphModule --plan--> bio layers --passes--> BioGraphModule
+It checks the arguments, chooses the capture (``torch.fx``, else ``torch.export``, else the
+fallback in parts: :mod:`biofx.fallback`; a model that is one layer: a one-layer graph) and
+hands the graph to the pipeline (:func:`biofx.pipeline.convert`: plan → number → build).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 from typing import Any, Iterable, Optional, Union
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 
 from . import capture as capture_
-from . import hooks
+from . import fallback, runtime
 from .config import BioConfig, ConfigMap
 from .layers import kind_of
-from .model import BioGraphModule, BioMethods, keep_state
-from .passes import BioLayer, plan_layers, run_passes
-from .passes import tags
-from .passes.plan import check_initialized, check_weight_flow, log_plain, plan_splitting
+from .model import BioGraphModule, BioMethods
+from .pipeline import Graph, convert, root_layer_graph
+from .report import LayerReport, TransformReport, log_plain
+from .tracing import TraceError, trace
 
 log = logging.getLogger("biofx")
-from .tracing import trace
 
+# LayerReport and TransformReport live in biofx.report; ``biofx.transform.LayerReport`` is a
+# documented path (and old pickles of bio models name it), so they are re-exported here.
 __all__ = ["transform", "TransformReport", "LayerReport"]
 
 #: The choices of ``transform(capture=...)``.
 CAPTURES = ("auto", "export", "parts")
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerReport:
-    """One converted layer; ``mechanisms`` are the automatic and forward-pass ones."""
-
-    name: str
-    kind: str
-    weight_shape: tuple
-    config_rule: str
-    mechanisms: tuple
-    state_bytes: int
-
-    @property
-    def weights(self) -> int:
-        return math.prod(self.weight_shape)
-
-
-@dataclasses.dataclass(frozen=True)
-class TransformReport:
-    """What :func:`transform` did: converted layers, layers left plain (with the reason), passes."""
-
-    converted: tuple
-    plain: tuple  # (name, reason)
-    passes: tuple  # (pass name, nodes inserted)
-    capture: str = "fx"  # how the graph was captured: "fx", "export (inputs: ...)", "fallback (N parts)"
-
-    def __str__(self) -> str:
-        lines = [f"biofx converted {len(self.converted)} layer(s), captured by {self.capture}:"]
-        for layer in self.converted:
-            mech = ", ".join(layer.mechanisms) or "-"
-            lines.append(f"  {layer.name or '<root>'} ({layer.kind} {list(layer.weight_shape)}): {mech}")
-        if self.plain:
-            lines.append(f"left plain {len(self.plain)} layer(s):")
-            lines += [f"  {name}: {reason}" for name, reason in self.plain]
-        return "\n".join(lines)
 
 
 def transform(
@@ -122,55 +84,25 @@ def transform(
             "compiled TorchScript cannot be rewritten. Transform the Python model (before torch.jit.script) "
             "and use torch.compile on the result."
         )
-    label = "fx"
     if kind_of(model) is not None:
-        gm, layers, plain = _single_layer(model, config_map)
+        graph = Graph(model, root_layer_graph(model))
     else:
-        from . import fallback  # imported here: fallback builds on this module
-
-        error, extra = None, {}
+        error = None
         if capture != "export":
             try:
                 gm = trace(model, leaf_modules, concrete_args)
-            except fallback.TraceError as err:  # not whole: export it, else convert the parts that trace
+            except TraceError as err:  # not whole: export it, else convert the parts that trace
                 error = err
         if capture == "export" or error is not None:
             captured = _export(model, example_inputs, capture)
             if captured is None:
                 return fallback.transform_parts(model, config_map, seed, error, leaf_modules)
-            gm, extra, label = captured.gm, captured.plain, captured.label
-        layers, plain = plan_layers(gm, config_map, model)
-        plain = [(name, extra.get(name, reason)) for name, reason in plain]
-    for layer in layers:
-        layer.seed = layer.config.seed if layer.config.seed is not None else seed
-    bio = build(gm, layers, plain, type(model).__name__, capture=label)
-    log_plain(plain)
-    hooks.install()
-    return bio
-
-
-def build(
-    gm: fx.GraphModule, layers: list, plain: list, name: str, prefix: str = "", capture: str = "fx"
-) -> BioGraphModule:
-    """Run the passes on a traced and planned graph and return the bio model.
-
-    ``prefix``: the module path of ``gm`` in a larger model (state modules name their layers
-    by full path); ``capture``: how ``gm`` was captured, for the report.
-    """
-    results = run_passes(gm, layers)
-    check_weight_flow(gm, layers)
-    bio = BioGraphModule(gm, gm.graph, f"Bio{name}")
-    bio.keep_state(gm)
-    initialized = set()
-    for layer in layers:
-        state = bio.biofx_state[layer.state_key]
-        if layer.state_key in initialized:  # a tied layer: the state belongs to the first one
-            continue
-        initialized.add(layer.state_key)
-        state.layer_name = f"{prefix}.{layer.name}" if prefix and layer.name else prefix or layer.name
-        if layer.config.apply_dales_principle and not state.weight.is_meta:  # meta: in reset_bio_state()
-            state.dale_initialize()
-    bio.bio_report = _report(bio, layers, plain, results, capture)
+            graph = Graph(model, captured.gm, capture=captured.label, reasons=captured.plain)
+        else:
+            graph = Graph(model, gm)
+    (bio,) = convert([graph], config_map, model, seed)
+    log_plain(graph.plain)
+    runtime.install()
     return bio
 
 
@@ -223,55 +155,3 @@ def _config_map(config, overrides) -> ConfigMap:
     elif not isinstance(config, BioConfig):
         raise TypeError(f"config must be a BioConfig, a dict or a ConfigMap, got {type(config).__name__}")
     return ConfigMap(default=config.replace(**overrides) if overrides else config)
-
-
-def _single_layer(model: nn.Module, config_map: ConfigMap):
-    """A model that is itself one layer: build its functional graph directly."""
-    kind = kind_of(model)
-    check_initialized("", model)
-    config, rule = config_map.select("", model)
-    config_map.check_all_used([""])
-    graph = fx.Graph()
-    x = graph.placeholder("input")
-    weight = graph.get_attr("weight")
-    bias = graph.get_attr("bias") if model.bias is not None else None
-    call = kind.emit(graph, x, weight, bias, model)
-    graph.output(call)
-    gm = fx.GraphModule(model, graph, type(model).__name__)
-    keep_state(model, gm)
-    if config is None or kind.unsupported(model) is not None:
-        return gm, [], [("<root>", kind.unsupported(model) or f"left plain by ConfigMap ({rule})")]
-    for node in graph.nodes:
-        if node.op in ("get_attr", "call_function"):
-            tags.tag(node, tags.LAYER, "", "inline_layers", kind=kind.name)
-    layer = BioLayer("", model, kind, config, rule, [call], weight_nodes={call: weight})
-    plan_splitting([layer])
-    return gm, [layer], []
-
-
-def _report(bio: BioGraphModule, layers: list, plain: list, results: list, capture: str) -> TransformReport:
-    converted = []
-    for layer in layers:
-        state = bio.biofx_state[layer.state_key]
-        cfg = layer.config
-        mechanisms = list(cfg.automatic)
-        if layer.split:
-            mechanisms.append(f"weight_split (Γ={cfg.weight_splitting_Gamma})")
-        if cfg.apply_dales_principle:
-            mechanisms.append("dale")
-        if cfg.tracks_activity:
-            mechanisms.append("activity")
-        if cfg.rejuvenate_every:
-            mechanisms.append(f"rejuvenate (every {cfg.rejuvenate_every} steps)")
-        converted.append(
-            LayerReport(
-                layer.name,
-                layer.kind.name,
-                tuple(layer.module.weight.shape),
-                layer.rule,
-                tuple(mechanisms),
-                state.state_bytes(),
-            )
-        )
-    passes = tuple((r.name, len(r.inserted)) for r in results)
-    return TransformReport(tuple(converted), tuple(plain), passes, capture)

@@ -31,23 +31,16 @@ import torch.fx as fx
 from torch.fx.node import _get_qualified_name
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from . import ops
+from . import ops, registry
 from .passes import tags
 
 __all__ = ["MECHANISM_COLOURS", "FORMATS", "to_networkx", "to_graphviz", "draw"]
 
-#: Fill colour of a bio node, by the ``"mechanism"`` of its tag.
+#: Fill colour of a bio node, by the ``"mechanism"`` of its tag: the converted layer's own
+#: nodes (weight, bias, linear/conv), then each mechanism's colour from :mod:`biofx.registry`.
 MECHANISM_COLOURS: dict[str, str] = {
-    tags.LAYER: "#9ecae1",  # the converted layer's own nodes: weight, bias, linear/conv
-    tags.DALE: "#fb9a99",
-    tags.FUZZY: "#fdbf6f",
-    tags.VOLUME: "#b2df8a",
-    tags.WEIGHT_SPLIT: "#cab2d6",
-    tags.ACTIVITY: "#ffff99",
-    tags.STATE: "#d9d9d9",
-    "crystallize": "#80cdc1",
-    "scaling": "#f1b6da",
-    "rejuvenate": "#e6c07b",
+    tags.LAYER: "#9ecae1",
+    **{mechanism.name: mechanism.colour for mechanism in registry.REGISTRY.values()},
 }
 #: Fill colour of a bio node whose mechanism is not in :data:`MECHANISM_COLOURS`.
 OTHER_COLOUR = "#bababa"

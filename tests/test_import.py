@@ -34,3 +34,56 @@ def test_every_public_name_resolves_and_is_listed():
     assert biofx.draw.__module__ == "biofx.viz" and biofx.BioConverter.__module__ == "biofx.compat"
     with pytest.raises(AttributeError, match="module 'biofx' has no attribute 'nope'"):
         biofx.nope
+
+
+def _imports_of_package() -> dict[str, set[str]]:
+    """``module -> biofx modules it imports`` (any import statement, also inside functions)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(biofx.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                target = f"{base}.{node.module}" if node.level and node.module else (node.module or base)
+                candidates = [target] + [f"{target}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            else:
+                continue
+            # a module's own packages are imported before it anyway: not an edge
+            edges |= {c for c in candidates if c in modules and not f"{name}.".startswith(f"{c}.")}
+        graph[name] = edges
+    return graph
+
+
+def test_the_package_import_graph_has_no_cycle():
+    graph = _imports_of_package()
+    assert "biofx.pipeline" in graph["biofx.fallback"] and "biofx.transform" not in graph["biofx.fallback"]
+    state, stack = {}, []  # depth-first search: a back edge is a cycle
+
+    def visit(module):
+        state[module] = "open"
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if state.get(other) == "open":
+                cycle = stack[stack.index(other):] + [other]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if other not in state:
+                visit(other)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)

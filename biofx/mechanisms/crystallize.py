@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from ..config import BioConfig
-from ..kernels import flat_views, fused
+from ..tiered_compile import flat_views, fused
 
 
 def mask(

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from .. import rng
-from ..kernels import fused
+from ..tiered_compile import fused
 
 
 def magnitude(weight: torch.Tensor) -> torch.Tensor:

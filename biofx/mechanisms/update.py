@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from ..kernels import flat_views, fused
+from ..tiered_compile import flat_views, fused
 from . import crystallize, volume
 
 

@@ -13,7 +13,7 @@ import torch
 
 from .. import rng
 from ..config import BioConfig
-from ..kernels import fused
+from ..tiered_compile import fused
 
 
 def factor(

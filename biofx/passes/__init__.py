@@ -2,7 +2,8 @@
 
 Each pass takes the GraphModule and the planned :class:`~biofx.passes.plan.BioLayer` s,
 rewrites the graph, tags every node it inserts (``node.meta["custom"]["biofx"]``) and
-returns a :class:`PassResult` naming the nodes it inserted.
+returns the nodes it inserted (:class:`PassRecord`). Shared graph helpers are in
+:mod:`biofx.passes.utils`.
 """
 
 from .activity_probe import activity_probe_pass
@@ -10,13 +11,13 @@ from .attach_state import attach_state_pass
 from .dale import dale_pass
 from .grad_nodes import grad_nodes_pass
 from .inline_layers import inline_layers_pass
-from .manager import PASSES, PassResult, run_passes
+from .manager import PASSES, PassRecord, run_passes
 from .plan import BioLayer, plan_layers
 from .weight_split import weight_split_pass
 
 __all__ = [
     "PASSES",
-    "PassResult",
+    "PassRecord",
     "run_passes",
     "BioLayer",
     "plan_layers",

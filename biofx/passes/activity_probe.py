@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import torch.fx as fx
 
+from .. import registry
 from . import tags
-from .attach_state import state_attr
-from .weight_split import chain_output
+from .utils import chain_output, state_attr
 
-NAME = "activity_probe"
+NAME = __name__.rpartition(".")[2]  # the tags' "pass": this module's name
 
 
 def activity_probe_pass(gm: fx.GraphModule, layers: list) -> list:
     inserted = []
-    for layer in (l for l in layers if l.config.tracks_activity):
+    for layer in (l for l in layers if registry.ACTIVITY.is_on(l.config)):
         for site in layer.sites:
             output = _final_output(site)
 

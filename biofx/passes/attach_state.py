@@ -9,6 +9,11 @@ state module, so every mechanism acts on the weight's whole gradient once per st
 also read by a module that is not a bio layer (a tied embedding) is marked: its gradient
 nodes would see only the bio layers' share of the gradient, so with ``acts_on="gradient"``
 its factors act on ``.grad`` at the optimizer step instead (see ``BioSynapses.before_step``).
+
+Attaching the state also initializes what it constrains: a layer with Dale's principle gets
+the balanced Dale initialization of its weight (``BioSynapses.dalian_network_initialization``,
+keyed by the layer's seed) here, so the later passes and ``build`` only rewrite and assemble.
+On the meta device the weight has no values yet: ``reset_bio_state()`` initializes it later.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ from __future__ import annotations
 import torch.fx as fx
 import torch.nn as nn
 
+from .. import registry
 from ..state import BioSynapses
-
-STATE_ROOT = "biofx_state"
+from .utils import STATE_ROOT
 
 
 def state_key(name: str, taken: set) -> str:
@@ -42,10 +47,12 @@ def attach_state_pass(gm: fx.GraphModule, layers: list) -> list:
             layer.state_key = owner[id(weight)]
             continue
         layer.state_key = state_key(layer.name, set(states.keys()))
-        state = BioSynapses(layer.name, layer.module, layer.kind, layer.config, layer.index, len(layers), layer.seed)
+        state = BioSynapses(layer.path, layer.module, layer.kind, layer.config, layer.index, layer.total, layer.seed)
         state.shared_with = tuple(outside.get(id(weight), ()))
         states[layer.state_key] = state
         owner[id(weight)] = layer.state_key
+        if registry.DALE.is_on(layer.config) and not weight.is_meta:  # meta: in reset_bio_state()
+            state.dalian_network_initialization()
     return []  # state modules, no nodes: the passes after this one read them through get_attr
 
 
@@ -62,7 +69,3 @@ def _readers_outside(gm: fx.GraphModule, layers: list) -> dict[int, list[str]]:
                 readers.setdefault(id(param), []).append(f"{name}.{param_name}" if name else param_name)
     return readers
 
-
-def state_attr(layer, attr: str) -> str:
-    """The ``get_attr`` target of a layer's state buffer or submodule."""
-    return f"{STATE_ROOT}.{layer.state_key}.{attr}" if attr else f"{STATE_ROOT}.{layer.state_key}"

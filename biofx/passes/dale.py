@@ -12,28 +12,16 @@ import torch.fx as fx
 
 from .. import ops
 from ..mechanisms.dale import INTERNEURON_PARAMS
+from .. import registry
 from . import tags
-from .attach_state import state_attr
+from .utils import chain_weight, state_attr
 
-NAME = "dale"
-
-
-def chain_weight(gm: fx.GraphModule, layer, site: fx.Node, make) -> list:
-    """Insert ``make(graph, weight_node) -> node`` between the site's weight and the site."""
-    graph = gm.graph
-    weight = layer.weight_nodes[site]
-    with graph.inserting_before(site):
-        new_nodes = make(graph, weight)
-    site.replace_input_with(weight, new_nodes[-1])
-    layer.weight_nodes[site] = new_nodes[-1]
-    for node in new_nodes:
-        tags.copy_source_meta(site, node)
-    return new_nodes
+NAME = __name__.rpartition(".")[2]  # the tags' "pass": this module's name
 
 
 def dale_pass(gm: fx.GraphModule, layers: list) -> list:
     inserted = []
-    for layer in (l for l in layers if l.config.apply_dales_principle):
+    for layer in (l for l in layers if registry.DALE.is_on(l.config)):
         for site in layer.sites:
 
             def make(graph, weight):

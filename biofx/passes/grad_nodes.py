@@ -4,8 +4,8 @@ Only for layers with ``acts_on="gradient"`` (with ``"update"``, the default, fuz
 scale the optimizer's update at the step instead: :mod:`biofx.mechanisms.update`), and not
 for a weight that a non-bio module also reads (a tied embedding): a node here would scale
 only the bio layer's share of its gradient, so the step hook scales the whole ``.grad``.
-For a layer with ``"fuzzy"`` in ``config.automatic``, ``w`` → ``fuzzy_grad(w, fuzzy_lr)``;
-with ``"volume"``, → ``volume_grad(w, rng_key, step, base_lr, stability_factor,
+For a layer with automatic ``fuzzy`` (:data:`biofx.registry.FUZZY`), ``w`` → ``fuzzy_grad(w, fuzzy_lr)``;
+with ``volume``, → ``volume_grad(w, rng_key, step, base_lr, stability_factor,
 lr_variability)``. Both are identities in the forward pass; in the backward pass they scale
 the weight gradient (``g·f`` and ``g·|N(μ, lr_variability·μ)|``). Being linear in g, they are
 exact under gradient accumulation and DDP averaging.
@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from .. import ops
+from .. import ops, registry
 from . import tags
-from .attach_state import STATE_ROOT, state_attr
-from .dale import chain_weight
+from .utils import STATE_ROOT, chain_weight, state_attr
 
-NAME = "grad_nodes"
+NAME = __name__.rpartition(".")[2]  # the tags' "pass": this module's name
 
 
 def grad_nodes_pass(gm: fx.GraphModule, layers: list) -> list:
     inserted = []
     for layer in (l for l in layers if l.config.acts_on == "gradient"):
         if getattr(gm, STATE_ROOT)[layer.state_key].shared_with:
-            continue  # a tied weight: scaled on its whole .grad at the step (BioSynapses.before_step)
+            continue  # a tied weight: scaled on its whole .grad at the step (biofx.runtime.before_step)
         cfg = layer.config
         for site in layer.sites:
-            if "fuzzy" in cfg.automatic:
+            if registry.FUZZY.is_on(cfg):
 
                 def make_fuzzy(graph, weight):
                     multipliers = graph.get_attr(state_attr(layer, "fuzzy_lr"))
@@ -38,7 +37,7 @@ def grad_nodes_pass(gm: fx.GraphModule, layers: list) -> list:
 
                 for node in chain_weight(gm, layer, site, make_fuzzy):
                     inserted.append(tags.tag(node, tags.FUZZY, layer.name, NAME))
-            if "volume" in cfg.automatic:
+            if registry.VOLUME.is_on(cfg):
 
                 def make_volume(graph, weight):
                     key = graph.get_attr(state_attr(layer, "rng_key"))

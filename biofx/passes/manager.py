@@ -1,4 +1,9 @@
-"""The pass manager: the fixed order of the rewrite passes."""
+"""The pass manager: the fixed order of the rewrite passes.
+
+A pass is a function ``(gm, layers) -> inserted nodes``: it rewrites ``gm.graph`` for the
+planned layers (:class:`~biofx.passes.plan.BioLayer`) and tags every node it inserts.
+:func:`run_passes` runs them in :data:`PASSES` order, then lints and recompiles once.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +20,16 @@ from .inline_layers import inline_layers_pass
 from .weight_split import weight_split_pass
 
 
-@dataclasses.dataclass
-class PassResult:
-    """What a pass did: its name and the nodes it inserted."""
+@dataclasses.dataclass(frozen=True)
+class PassRecord:
+    """What one pass did: its name and the nodes it inserted (``bio_report.passes`` counts them).
+
+    Not torch.fx's ``PassResult`` (a graph module and whether it changed): biofx's passes
+    rewrite one graph module in place, so what is worth keeping is which nodes each inserted.
+    """
 
     name: str
     inserted: list
-
-    @property
-    def modified(self) -> bool:
-        return bool(self.inserted)
 
 
 #: The passes in the order they run. Weight nodes are chained in this order
@@ -39,9 +44,9 @@ PASSES: tuple[Callable, ...] = (
 )
 
 
-def run_passes(gm: fx.GraphModule, layers: list) -> list[PassResult]:
+def run_passes(gm: fx.GraphModule, layers: list) -> list[PassRecord]:
     """Run every pass, then lint and recompile once."""
-    results = [PassResult(bio_pass.__name__, bio_pass(gm, layers)) for bio_pass in PASSES]
+    records = [PassRecord(bio_pass.__name__, bio_pass(gm, layers)) for bio_pass in PASSES]
     gm.graph.lint()
     gm.recompile()
-    return results
+    return records

@@ -2,15 +2,19 @@
 
 Not a graph rewrite: it walks the traced graph in execution order, finds the
 ``call_module`` nodes of registered layer kinds, selects each layer's config with the
-:class:`~biofx.ConfigMap`, decides weight splitting (the last bio layer is skipped when
-there are several; Γ must divide the output count) and lists every layer of a registered
-kind that is *not* converted, with the reason.
+:class:`~biofx.ConfigMap` (by its full module path) and lists every layer of a registered
+kind that is *not* converted, with the reason. Numbering (index, seed, weight splitting)
+is the pipeline's next step, once for the whole model (:func:`biofx.pipeline.number`).
+
+Which stage writes which :class:`BioLayer` field: the plan all but the ones below;
+``number`` ``index``, ``total``, ``seed``, ``split`` (and LAYER_ADAPTIVE's l and L in
+``config``); the passes ``sites``, ``weight_nodes`` (inline_layers, then each chain) and
+``state_key`` (attach_state).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import torch
 import torch.fx as fx
@@ -21,8 +25,6 @@ from ..config import BioConfig, ConfigMap
 from ..layers import LAYER_KINDS, LayerKind, kind_of
 from ..tracing import LEAF_REASONS, leaf_reason
 from . import tags
-
-log = logging.getLogger("biofx")
 
 
 @dataclasses.dataclass
@@ -35,7 +37,9 @@ class BioLayer:
     config: BioConfig
     rule: str
     sites: list  # call_module nodes, replaced by inline_layers_pass with functional calls
+    path: str = ""  # the full module path in the model (a part's layers: prefix + name)
     index: int = 0
+    total: int = 1
     seed: int = 0
     split: bool = False
     state_key: str = ""
@@ -53,7 +57,8 @@ def plan_layers(
     """Return the bio layers in execution order and ``(name, reason)`` for layers left plain.
 
     ``model`` is the traced model, for the layers the graph does not reach; ``prefix`` its
-    path in a larger model (for the module paths in the reasons).
+    path in a larger model (configs are selected by full path; reasons name full paths).
+    Whether every ConfigMap entry matched a layer is checked by the caller, for the whole model.
     """
     layers: dict[str, BioLayer] = {}
     plain: dict[str, str] = {}
@@ -68,8 +73,9 @@ def plan_layers(
         if node.target in layers:
             layers[node.target].sites.append(node)
             continue
-        check_initialized(node.target, module)
-        config, rule = config_map.select(node.target, module)
+        path = join_path(prefix, node.target)
+        check_initialized(path, module)
+        config, rule = config_map.select(path, module)
         if config is None:
             plain[node.target] = f"left plain by ConfigMap ({rule})"
         elif len(node.args) != 1 or node.kwargs:
@@ -83,13 +89,20 @@ def plan_layers(
         elif node.target in bypasses:
             plain[node.target] = bypasses[node.target]
         else:
-            layers[node.target] = BioLayer(node.target, module, kind, config, rule, [node])
-    ordered = list(layers.values())
-    for index, layer in enumerate(ordered):
-        layer.index = index
-    config_map.check_all_used([n for n, _ in convertible_modules(model)])
-    plan_splitting(ordered)
-    return ordered, _explain_plain(gm, model, layers, plain, prefix)
+            layers[node.target] = BioLayer(node.target, module, kind, config, rule, [node], path=path)
+    return list(layers.values()), _explain_plain(gm, model, layers, plain, prefix)
+
+
+def plan_root_layer(gm: fx.GraphModule, config_map: ConfigMap, model: nn.Module, prefix: str = ""):
+    """The plan of a model that is itself one layer: ``gm`` calls it once (target ``""``,
+    see :func:`biofx.pipeline.root_layer_graph`). Returns ``(layers, plain)`` as :func:`plan_layers`."""
+    kind = kind_of(model)
+    check_initialized(prefix, model)
+    config, rule = config_map.select(prefix, model)
+    if config is None or kind.unsupported(model) is not None:
+        return [], [("<root>", kind.unsupported(model) or f"left plain by ConfigMap ({rule})")]
+    site = next(node for node in gm.graph.nodes if node.op == "call_module")
+    return [BioLayer("", model, kind, config, rule, [site], path=prefix)], []
 
 
 def _bypasses(gm: fx.GraphModule, prefix: str) -> dict:
@@ -155,11 +168,15 @@ def check_initialized(name: str, module: nn.Module) -> None:
         )
 
 
-def plan_splitting(layers: list[BioLayer]) -> None:
-    last = None
-    if len(layers) > 1:  # the layer whose last call comes last in the graph
-        position = {node: i for i, node in enumerate(layers[0].sites[0].graph.nodes)}
-        last = max(layers, key=lambda l: max(position[site] for site in l.sites))
+def last_called(layers: list[BioLayer]) -> BioLayer:
+    """The layer whose last call comes last in the graph (the layers of one graph)."""
+    position = {node: i for i, node in enumerate(layers[0].sites[0].graph.nodes)}
+    return max(layers, key=lambda l: max(position[site] for site in l.sites))
+
+
+def plan_splitting(layers: list[BioLayer], last=None) -> None:
+    """Decide ``split`` for each layer (``last``, the model's last bio layer, is skipped);
+    Γ must divide a split layer's output count."""
     for layer in layers:
         if not layer.config.splits or layer is last or skip_split_marked(layer.module):
             continue
@@ -167,14 +184,14 @@ def plan_splitting(layers: list[BioLayer]) -> None:
         channels = layer.kind.out_features(layer.module)
         if channels % gamma:
             fix = (
-                f"leave this layer unsplit with BioConverter.mark_skip_weight_splitting(model.{layer.name}) "
+                f"leave this layer unsplit with BioConverter.mark_skip_weight_splitting(model.{layer.path}) "
                 "or a ConfigMap entry"
-                if layer.name
+                if layer.path
                 else "turn splitting off with weight_splitting_Gamma=0"
             )
             raise ValueError(
                 f"weight_splitting_Gamma ({gamma}) must evenly divide the number of features ({channels}) "
-                f"of layer {layer.name or '<root>'!r} ({layer.kind.name}, {channels} outputs). "
+                f"of layer {layer.path or '<root>'!r} ({layer.kind.name}, {channels} outputs). "
                 f"Choose a Γ that divides {channels}, or {fix}."
             )
         layer.split = True
@@ -185,19 +202,6 @@ def convertible_modules(model: nn.Module):
     for name, module in model.named_modules():
         if kind_of(module) is not None:
             yield name, module
-
-
-def log_plain(plain: list) -> None:
-    """Log the layers left plain: a warning for those the user's ConfigMap did not choose."""
-    unchosen = [(name, reason) for name, reason in plain if not reason.startswith("left plain by ConfigMap")]
-    for name, reason in plain:
-        log.info("biofx left %s plain: %s", name, reason)
-    if unchosen:
-        log.warning(
-            "biofx could not convert %d Linear/Conv layer(s); they train as plain layers (bio_report.plain): %s",
-            len(unchosen),
-            "; ".join(f"{name}: {reason}" for name, reason in unchosen),
-        )
 
 
 def scripted_layers(model: nn.Module, prefix: str = ""):

@@ -10,17 +10,19 @@ from typing import Optional
 
 import torch.fx as fx
 
+from .. import registry
+
 CUSTOM = "custom"
 TAG = "biofx"
 
-# mechanism names used in tags
+#: The tag of a converted layer's own nodes (weight, bias, the functional call): not a mechanism.
 LAYER = "layer"
-STATE = "state"
-DALE = "dale"
-FUZZY = "fuzzy"
-VOLUME = "volume"
-WEIGHT_SPLIT = "weight_split"
-ACTIVITY = "activity"
+# The mechanisms with graph nodes; their names come from the registry (biofx.registry).
+DALE = registry.DALE.name
+FUZZY = registry.FUZZY.name
+VOLUME = registry.VOLUME.name
+WEIGHT_SPLIT = registry.WEIGHT_SPLIT.name
+ACTIVITY = registry.ACTIVITY.name
 
 
 def tag(node: fx.Node, mechanism: str, layer: str, pass_name: str, **extra) -> fx.Node:

@@ -12,29 +12,16 @@ import torch.nn as nn
 
 from .. import ops
 from . import tags
-from .attach_state import state_attr
+from .utils import STATE_ROOT, chain_output, state_attr
 
-NAME = "weight_split"
-
-
-def chain_output(gm: fx.GraphModule, site: fx.Node, make) -> list:
-    """Insert ``make(graph, output) -> nodes`` after ``site``; its users then read the last node."""
-    graph = gm.graph
-    users = list(site.users)
-    with graph.inserting_before(site.next):
-        new_nodes = make(graph, site)
-    for user in users:
-        user.replace_input_with(site, new_nodes[-1])
-    for node in new_nodes:
-        tags.copy_source_meta(site, node)
-    return new_nodes
+NAME = __name__.rpartition(".")[2]  # the tags' "pass": this module's name
 
 
 def weight_split_pass(gm: fx.GraphModule, layers: list) -> list:
     inserted = []
     for layer in (l for l in layers if l.split):
         act = layer.config.weight_splitting_activation_function
-        states = getattr(gm, "biofx_state")
+        states = getattr(gm, STATE_ROOT)
         for site in layer.sites:
 
             def make(graph, output):

@@ -1,4 +1,5 @@
-"""Weight splitting: forward outputs against the explicit formula for every layer kind."""
+"""weight_split_pass: alone on a hand-built graph, and forward outputs against the explicit formula
+for every layer kind."""
 
 import pytest
 import torch
@@ -85,3 +86,29 @@ def test_last_layer_is_last_in_execution_order_not_definition_order():
     bio = biofx.transform(Reordered(), weight_splitting_Gamma=2)
     layers = {t["layer"] for n in bio.graph.nodes if (t := tags.get_tag(n)) and t["mechanism"] == "weight_split"}
     assert layers == {"body"}
+
+
+def test_pass_alone_on_a_hand_built_graph():
+    import torch.nn.functional as F
+    from biofx import ops
+    from biofx.passes import weight_split_pass
+
+    from _graphs import check_tags, fc_graph, new_nodes
+
+    gm, layer = fc_graph(weight_splitting_Gamma=GAMMA, weight_splitting_activation_function="tanh")
+    layer.split = True
+    before = {n.name for n in gm.graph.nodes}
+    inserted = weight_split_pass(gm, [layer])
+    gm.graph.lint()
+    gm.recompile()
+    assert inserted == new_nodes(gm, before)
+    assert [(n.op, n.target) for n in inserted] == [
+        ("call_module", "biofx_state.fc.split_activation"), ("call_function", ops.weight_split)]
+    check_tags(inserted, "weight_split", "weight_split")
+    call = next(n for n in gm.graph.nodes if n.target is F.linear)
+    assert list(call.users) == [inserted[0]]
+    x = torch.randn(3, 4)
+    expected = torch.relu(reference_split(torch.tanh(layer.module(x)), GAMMA, -1))
+    torch.testing.assert_close(gm(x), expected)
+    gm, layer = fc_graph(weight_splitting_Gamma=GAMMA)  # not planned to split (layer.split False): nothing
+    assert weight_split_pass(gm, [layer]) == []

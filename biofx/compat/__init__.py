@@ -6,8 +6,15 @@ Code written for the reference runs with only its import changed::
     from biofx import BioConverter, BioConfig                 # after
 
 ``BioConverter`` converts instances and classes (also as a class decorator) and exposes
-the model-level methods. Where the reference's code and documentation disagree, biofx
-follows the documentation (see the migration page of the docs).
+the model-level methods. ``BioModule`` is the reference's per-layer module: a
+:class:`~biofx.BioSynapses` whose methods have the model level's names. Where the
+reference's code and documentation disagree, biofx follows the documentation (see the
+migration page of the docs).
+
+The reference's module paths are modules of this package (:mod:`biofx.compat.bio_config`,
+:mod:`~biofx.compat.bio_converter`, :mod:`~biofx.compat.bio_module`); ``biofx`` also
+registers them as ``biofx.bio_config``, ``biofx.bio_converter`` and ``biofx.bio_module``,
+the paths the migration guide tells users to import.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from typing import Any, Callable, Optional, Type, Union
 import torch
 import torch.nn as nn
 
-from .config import DEFAULT_BIO_CONFIG, BioConfig
-from .layers import kind_of
-from .state import BioSynapses
-from .transform import transform
+from .. import registry
+from ..config import DEFAULT_BIO_CONFIG, BioConfig
+from ..layers import kind_of
+from ..state import BioSynapses
+from ..transform import transform
 
 __all__ = ["BioConverter", "BioModule"]
 
@@ -36,16 +44,12 @@ class BioModule(BioSynapses):
 
     managed = False  # standalone: not driven by the model-level methods or optimizer hooks
 
-    exposed_functions = (
-        "rejuvenate_weights",
-        "crystallize",
-        "fuzzy_learning_rates",
-        "volume_dependent_lr",
-        "update_fuzzy_learning_rates",
-        "enforce_dales_principle",
-        "scale_grad",
-        "l1_reg",
-        "dalian_network_initialization",
+    #: the reference's list: every mechanism's method, and the ones without a mechanism entry
+    exposed_functions = tuple(
+        sorted(
+            {m.method for m in registry.REGISTRY.values() if m.method}
+            | {"update_fuzzy_learning_rates", "l1_reg", "dalian_network_initialization"}
+        )
     )
 
     def __init__(self, parent: Callable[[], nn.Module], config: BioConfig = DEFAULT_BIO_CONFIG) -> None:
@@ -59,33 +63,15 @@ class BioModule(BioSynapses):
         super().__init__("", layer, kind, config, 0, 1, seed)
         self.get_parent = parent
 
-    def fuzzy_learning_rates(self) -> None:
-        with torch.no_grad():
-            self.apply_fuzzy()
-
-    def volume_dependent_lr(self) -> None:
-        with torch.no_grad():
-            self.apply_volume()
-
     def update_fuzzy_learning_rates(self, x: Optional[torch.Tensor] = None) -> None:
-        with torch.no_grad():
-            self.update_fuzzy()
-
-    def rejuvenate_weights(self) -> torch.Tensor:
-        return self.rejuvenate()
-
-    def enforce_dales_principle(self) -> None:
-        if not self.config.apply_dales_principle:
-            raise AttributeError("Can not enforce dales principle without apply_dales_principle set True.")
-        self.enforce_dale()
+        """One update of dynamic fuzzy rates (``x`` is accepted as in the reference, not needed)."""
+        super().update_fuzzy_learning_rates()
 
     def dalian_network_initialization(self, module: Optional[nn.Module] = None) -> None:
-        if not self.config.apply_dales_principle:
+        """Balanced Dale initialization (``module`` is accepted as in the reference, not needed)."""
+        if not registry.DALE.is_on(self.config):
             raise AttributeError(f"Can not use dalians network initialization on {type(self)}")
-        self.dale_initialize()
-
-    def l1_reg(self) -> torch.Tensor:
-        return self.l1()
+        super().dalian_network_initialization()
 
 
 class BioConverter:

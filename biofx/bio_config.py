@@ -1,5 +1,0 @@
-"""The reference's ``bio_transformations.bio_config`` module path."""
-
-from .config import DEFAULT_BIO_CONFIG, BioConfig, Distribution
-
-__all__ = ["BioConfig", "Distribution", "DEFAULT_BIO_CONFIG"]

@@ -1,0 +1,200 @@
+"""What a transform did, and its views: :class:`TransformReport`, :class:`FallbackReport`
+and :func:`summary`.
+
+Every bio model carries ``bio_report``: the converted layers (:class:`LayerReport`, with the
+mechanisms on for each, read from :mod:`biofx.registry`), the layers left plain with the
+reason, the pass counts and how the graph was captured. A model converted in parts
+(:mod:`biofx.fallback`) gets a :class:`FallbackReport`, which also lists the parts and the
+modules run eagerly. :func:`summary` is the table view of a report with the live bio-state
+bytes.
+
+>>> import torch.nn as nn, biofx
+>>> from biofx.report import summary
+>>> s = summary(biofx.transform(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))))
+>>> s.layers, s.weights
+(2, 48)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+from . import registry
+from .model import BioMethods
+
+log = logging.getLogger("biofx")
+
+__all__ = ["LayerReport", "TransformReport", "FallbackReport", "Summary", "summary", "layer_report", "log_plain"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerReport:
+    """One converted layer; ``mechanisms`` are the automatic and forward-pass ones."""
+
+    name: str
+    kind: str
+    weight_shape: tuple
+    config_rule: str
+    mechanisms: tuple
+    state_bytes: int
+
+    @property
+    def weights(self) -> int:
+        return math.prod(self.weight_shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformReport:
+    """What :func:`~biofx.transform` did: converted layers, layers left plain (with the reason), passes."""
+
+    converted: tuple
+    plain: tuple  # (name, reason)
+    passes: tuple  # (pass name, nodes inserted)
+    capture: str = "fx"  # how the graph was captured: "fx", "export (inputs: ...)", "fallback (N parts)"
+
+    def __str__(self) -> str:
+        lines = [f"biofx converted {len(self.converted)} layer(s), captured by {self.capture}:"]
+        for layer in self.converted:
+            mech = ", ".join(layer.mechanisms) or "-"
+            lines.append(f"  {layer.name or '<root>'} ({layer.kind} {list(layer.weight_shape)}): {mech}")
+        if self.plain:
+            lines.append(f"left plain {len(self.plain)} layer(s):")
+            lines += [f"  {name}: {reason}" for name, reason in self.plain]
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class FallbackReport(TransformReport):
+    """A :class:`TransformReport` for a model converted in parts.
+
+    ``parts``: paths of the converted parts (each a BioGraphModule); ``eager``:
+    ``(path, reason)`` for the modules that did not trace and run eagerly around them
+    (``""`` is the root).
+    """
+
+    parts: tuple = ()
+    eager: tuple = ()
+
+    def __str__(self) -> str:
+        lines = [super().__str__(), f"traced in {len(self.parts)} part(s): {', '.join(self.parts)}"]
+        if self.eager:
+            lines.append(f"eager (not traceable) {len(self.eager)} module(s):")
+            lines += [f"  {path or '<root>'}: {reason}" for path, reason in self.eager]
+        return "\n".join(lines)
+
+
+def layer_report(layer, state) -> LayerReport:
+    """The report of a planned and built layer (:class:`~biofx.passes.plan.BioLayer`) with its
+    state module: the mechanisms on for its config, in registry order (weight splitting only
+    where the plan split it: a model's last layer is not)."""
+    config = layer.config
+    mechanisms = tuple(
+        mechanism.label(config)
+        for mechanism in registry.REGISTRY.values()
+        if mechanism.is_on(config) and (mechanism is not registry.WEIGHT_SPLIT or layer.split)
+    )
+    return LayerReport(
+        layer.name, layer.kind.name, tuple(layer.module.weight.shape), layer.rule, mechanisms, state.state_bytes()
+    )
+
+
+def log_plain(plain: list) -> None:
+    """Log the layers left plain: a warning for those the user's ConfigMap did not choose."""
+    unchosen = [(name, reason) for name, reason in plain if not reason.startswith("left plain by ConfigMap")]
+    for name, reason in plain:
+        log.info("biofx left %s plain: %s", name, reason)
+    if unchosen:
+        log.warning(
+            "biofx could not convert %d Linear/Conv layer(s); they train as plain layers (bio_report.plain): %s",
+            len(unchosen),
+            "; ".join(f"{name}: {reason}" for name, reason in unchosen),
+        )
+
+
+# -- the summary view ----------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Rows per bio layer (:class:`LayerReport` with the live bio-state bytes), the layers
+    left plain (``(name, reason)``) and totals.
+
+    ``str(summary)`` is a table; ``bytes_per_weight`` = bio-state bytes / bio weights.
+    """
+
+    model: str
+    rows: tuple
+    plain: tuple
+
+    @property
+    def layers(self) -> int:
+        return len(self.rows)
+
+    @property
+    def weights(self) -> int:
+        return sum(row.weights for row in self.rows)
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(row.state_bytes for row in self.rows)
+
+    @property
+    def bytes_per_weight(self) -> float:
+        return self.state_bytes / self.weights if self.weights else 0.0
+
+    def __str__(self) -> str:
+        header = ("Bio layer", "Kind", "Weight shape", "Mechanisms", "Bio state")
+        cells = [
+            (
+                row.name or "<root>",
+                row.kind,
+                str(list(row.weight_shape)),
+                ", ".join(row.mechanisms) or "-",
+                _format_bytes(row.state_bytes),
+            )
+            for row in self.rows
+        ]
+        widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+
+        def line(values) -> str:
+            left = "  ".join(v.ljust(w) for v, w in zip(values[:-1], widths))
+            return f"{left}  {values[-1].rjust(widths[-1])}"
+
+        rule_width = sum(widths) + 2 * (len(widths) - 1)
+        lines = ["=" * rule_width, f"{self.model} (biofx)", "=" * rule_width, line(header), "-" * rule_width]
+        lines += [line(c) for c in cells]
+        lines += [
+            "=" * rule_width,
+            f"Bio layers: {self.layers:,}",
+            f"Bio weights: {self.weights:,}",
+            f"Bio state: {_format_bytes(self.state_bytes)} ({self.bytes_per_weight:.2f} bytes per weight)",
+        ]
+        if self.plain:
+            lines.append(f"Left plain: {len(self.plain)}")
+            lines += [f"  {name}: {reason}" for name, reason in self.plain]
+        lines.append("=" * rule_width)
+        return "\n".join(lines)
+
+
+def summary(bio: BioMethods) -> Summary:
+    """Summarize a model returned by :func:`biofx.transform`.
+
+    Rows come from ``bio.bio_report`` with each layer's current ``state_bytes()``.
+    """
+    if not isinstance(bio, BioMethods):
+        raise TypeError(
+            f"summary() needs a model transformed by biofx, got {type(bio).__name__}; "
+            "call biofx.transform(model) first and pass its result"
+        )
+    report = bio.bio_report
+    live = {layer.layer_name: layer.state_bytes() for layer in bio.bio_layers()}
+    rows = tuple(dataclasses.replace(row, state_bytes=live[row.name]) for row in report.converted)
+    return Summary(type(bio).__name__, rows, tuple(report.plain))
+
+
+def _format_bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n:,} B"
+    if n < 1024**2:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 1024**2:,.1f} MiB"

@@ -1,0 +1,154 @@
+"""The automatic path at run time: the live-layer registry and the optimizer-step hooks.
+
+``torch.optim.optimizer.register_optimizer_step_pre_hook`` / ``..._post_hook`` fire at every
+optimizer's ``step()``: after gradient accumulation and after DDP's all-reduce, without the
+user passing the optimizer in. Mechanisms that need the step's whole gradient run here
+(:data:`biofx.registry.PRE_STEP` and :data:`~biofx.registry.POST_STEP`):
+
+* before the step, in the order of the authors' training loop (backward → synaptic scaling →
+  rejuvenation → crystallization → step): ``scaling`` on ``.grad`` (activity statistics are
+  folded first, summed over ranks under DDP), rejuvenation for layers with
+  ``rejuvenate_every = N`` on every N-th step, ``crystallize`` on ``.grad``;
+* after the step: with ``acts_on="update"`` (the default) the update each weight just took
+  is rescaled by its fuzzy and volume factors, then crystallized; the step counters
+  advance and dynamic fuzzy rates update (when ``fuzzy`` is automatic).
+
+Only layers whose weight the stepping optimizer holds are touched. With
+``acts_on="gradient"`` the multiplicative mechanisms (``fuzzy``, ``volume``) act in the
+backward graph instead (see ``biofx.ops``).
+
+The hooks find the layers in the live-layer registry: every managed
+:class:`~biofx.BioSynapses` registers itself when built or unpickled (:func:`register`); a
+newer transform of the same model supersedes the older one's layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from . import registry, sharding
+
+log = logging.getLogger("biofx")
+
+__all__ = ["install", "register", "live_synapses", "before_step", "after_step"]
+
+# Every live BioSynapses, and a counter of registrations so the hooks know when to look again.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+_REGISTRATIONS = [0]
+_HANDLES: list = []
+_CACHE: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.WeakKeyDictionary()
+# From the pre-step to the post-step hook: each layer's weight (this rank's shard) with
+# acts_on="update", and DANN's interneuron weights (BioSynapses.correct_interneurons_before_step)
+_WEIGHT_BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_INTERNEURONS_BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+# -- the live-layer registry ----------------------------------------------------------------
+def register(synapses) -> None:
+    """Add a live state (a :class:`~biofx.BioSynapses`); an older live state of the same
+    Parameter (an earlier transform of the same model) is superseded: the optimizer-step
+    hooks stop driving it."""
+    for other in list(_LIVE):
+        if other is not synapses and other.weight is synapses.weight and not other.superseded:
+            other.superseded = True
+            log.warning(
+                "biofx: %r was already driven by an earlier transform of the same model; "
+                "the newer transform takes it over and the earlier one stops acting at the step",
+                synapses.layer_name,
+            )
+    _LIVE.add(synapses)
+    _REGISTRATIONS[0] += 1
+
+
+def live_synapses() -> tuple[int, list]:
+    """The registration count and every live, managed BioSynapses."""
+    return _REGISTRATIONS[0], list(_LIVE)
+
+
+# -- the optimizer-step hooks ---------------------------------------------------------------
+def _layers_of(optimizer: torch.optim.Optimizer) -> list:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    registrations, live = live_synapses()
+    signature = (len(params), registrations)
+    cached = _CACHE.get(optimizer)
+    if cached is not None and cached[0] == signature:
+        return [s for s in (ref() for ref in cached[1]) if s is not None]
+    position = {id(p): i for i, p in enumerate(params)}
+    # Order by the optimizer's parameter order: the same on every rank, so collectives
+    # (activity statistics under DDP) are issued in the same order everywhere.
+    layers = [s for s in live if id(s.weight) in position and not s.superseded]
+    layers.sort(key=lambda s: position[id(s.weight)])
+    _CACHE[optimizer] = (signature, [weakref.ref(s) for s in layers])
+    return layers
+
+
+# -- the schedule of one layer ---------------------------------------------------------------
+@torch.no_grad()
+def before_step(layer) -> None:
+    """A layer's step-level work before the optimizer's update, in the authors' order.
+
+    After backward: (for a tied weight with ``acts_on="gradient"``, fuzzy and volume on its
+    whole g), synaptic scaling (on g), rejuvenation (every ``rejuvenate_every``-th step),
+    then crystallization on g and the rejuvenated w, and the step. With ``acts_on="update"``
+    the weight is kept so :func:`after_step` can rescale the update; crystallization then
+    waits until the update has used this step's multipliers.
+    """
+    config = layer.config
+    _INTERNEURONS_BEFORE[layer] = layer.correct_interneurons_before_step()
+    has_grad = layer.weight.grad is not None
+    if has_grad and layer.shared_with and config.acts_on == "gradient":
+        for mechanism in registry.MULTIPLICATIVE:
+            if layer.is_automatic(mechanism):
+                getattr(layer, mechanism.method)()
+    if has_grad and layer.is_automatic(registry.SCALING):
+        layer.scale_grad()
+    if registry.REJUVENATE.is_on(config) and (layer.steps.value + 1) % config.rejuvenate_every == 0:
+        layer.rejuvenate_weights()
+    if not has_grad:
+        return
+    if config.scales_update:
+        _WEIGHT_BEFORE[layer] = sharding.local(layer.weight).detach().clone()
+    elif layer.is_automatic(registry.CRYSTALLIZE):
+        layer.crystallize()
+
+
+@torch.no_grad()
+def after_step(layer) -> None:
+    """After the update: DANN's interneuron updates corrected, then (``acts_on="update"``) the
+    weight's update rescaled and crystallized on."""
+    layer.correct_interneurons_after_step(_INTERNEURONS_BEFORE.pop(layer, []))
+    before = _WEIGHT_BEFORE.pop(layer, None)
+    if before is not None:
+        layer.scale_update(before)
+
+
+# -- the hooks ------------------------------------------------------------------------------
+@torch.no_grad()
+def _before_step(optimizer, args, kwargs) -> None:
+    for layer in _layers_of(optimizer):
+        before_step(layer)
+
+
+@torch.no_grad()
+def _after_step(optimizer, args, kwargs) -> None:
+    layers = _layers_of(optimizer)
+    if not layers:
+        return
+    for layer in layers:
+        after_step(layer)
+    torch._foreach_add_([layer.steps.tensor for layer in layers], 1)
+    for layer in layers:
+        layer.steps.value += 1  # the tensors advanced in bulk above
+        if layer.is_automatic(registry.FUZZY):
+            layer.update_fuzzy_learning_rates()
+
+
+def install() -> None:
+    """Register the global hooks once (idempotent)."""
+    if not _HANDLES:
+        _HANDLES.append(register_optimizer_step_pre_hook(_before_step))
+        _HANDLES.append(register_optimizer_step_post_hook(_after_step))
