@@ -116,7 +116,7 @@ DALE = _register(
     Mechanism(
         "dale",
         lambda config: config.apply_dales_principle,
-        acts=(WEIGHT, METHOD),
+        acts=(WEIGHT, PRE_STEP, POST_STEP, METHOD),  # the steps: DANN's corrected interneuron updates
         method="enforce_dales_principle",
         colour="#fb9a99",
     )

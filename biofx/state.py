@@ -41,6 +41,7 @@ from ._leaf import bio_annotation
 from .config import BioConfig, Distribution
 from .layers import LayerKind
 from .mechanisms import crystallize, dale, fuzzy, rejuvenate, scaling, update, volume
+from .runtime import no_grad
 
 log = logging.getLogger("biofx")
 
@@ -219,7 +220,7 @@ class BioSynapses(nn.Module):
                 "over the ranks; call it before fully_shard (on the unsharded bio model)"
             )
 
-    @torch.no_grad()
+    @no_grad
     def reset_bio_state(self) -> None:
         """Draw the bio state afresh, as the transform did, from the layer's current weight.
 
@@ -269,7 +270,7 @@ class BioSynapses(nn.Module):
             buffer.zero_()
 
     # -- gradient mechanisms (act on .grad once) -------------------------------------------
-    @torch.no_grad()
+    @no_grad
     def fuzzy_learning_rates(self) -> None:
         """Synaptic diversity on ``.grad``: ``g ← g·f``."""
         self._shard()
@@ -279,14 +280,14 @@ class BioSynapses(nn.Module):
         else:
             grad.copy_(fuzzy.apply(grad, multipliers))
 
-    @torch.no_grad()
+    @no_grad
     def volume_dependent_lr(self) -> None:
         """Volume-dependent plasticity on ``.grad``: ``g ← g·|N(μ, lr_variability·μ)|`` with this step's noise."""
         where = self._shard()
         grad, weight = self.require_grad(), sharding.local(self.weight)
         grad.copy_(volume.scale_for(grad, weight, self.rng_key, self.step, self.config, sharding.offset(where)))
 
-    @torch.no_grad()
+    @no_grad
     def crystallize(self) -> None:
         """Dampen f where the step's gradient says the weight is settled or strongly driven."""
         if not self.weight.requires_grad:
@@ -296,7 +297,7 @@ class BioSynapses(nn.Module):
         mean_magnitude = None if where is None else sharding.layer_mean(weight.detach().float().abs(), where)
         crystallize.crystallize_(sharding.local(self.fuzzy_lr), weight, self.require_grad(), self.config, mean_magnitude)
 
-    @torch.no_grad()
+    @no_grad
     def scale_grad(self) -> None:
         """``g ← g − γ·(a_target − ā_i)·w`` from the running activity."""
         grad = self.require_grad()
@@ -314,7 +315,7 @@ class BioSynapses(nn.Module):
         grad.add_(term.to(grad.dtype))
 
     # -- the optimizer's update (acts_on="update"; scheduled by biofx.runtime) --------------
-    @torch.no_grad()
+    @no_grad
     def scale_update(self, before: torch.Tensor) -> None:
         """Rescale the update the optimizer just took (``w − before``, this rank's shard) by the
         layer's automatic fuzzy and volume factors, then crystallize on it."""
@@ -338,7 +339,7 @@ class BioSynapses(nn.Module):
             mean_magnitude=mean_magnitude,
         )
 
-    @torch.no_grad()
+    @no_grad
     def correct_interneurons_before_step(self) -> list:
         """DANN's interneuron updates scaled by :func:`~biofx.mechanisms.dale.interneuron_update_scales`:
         with ``acts_on="gradient"`` their gradients now (for SGD the same), otherwise their
@@ -360,7 +361,7 @@ class BioSynapses(nn.Module):
                 steps.append((parameter, scale, sharding.local(parameter).detach().clone()))
         return steps
 
-    @torch.no_grad()
+    @no_grad
     def correct_interneurons_after_step(self, steps: list) -> None:
         """Scale the interneuron updates just taken (``steps`` from :meth:`correct_interneurons_before_step`)."""
         for parameter, scale, before in steps:
@@ -368,7 +369,7 @@ class BioSynapses(nn.Module):
             local.copy_(torch.lerp(before, local, scale))
 
     # -- state mechanisms --------------------------------------------------------------------
-    @torch.no_grad()
+    @no_grad
     def update_fuzzy_learning_rates(self) -> None:
         """One fuzzy-rate update (TEMPORAL decay/noise, ACTIVITY redraw); no-op otherwise."""
         dist = self.config.fuzzy_lr_distribution
@@ -393,7 +394,7 @@ class BioSynapses(nn.Module):
                 offset,
             )
 
-    @torch.no_grad()
+    @no_grad
     def rejuvenate_weights(self) -> torch.Tensor:
         """Rejuvenate the layer's weights; returns the number replaced (a 0-d tensor).
 
@@ -429,7 +430,7 @@ class BioSynapses(nn.Module):
             weight = dale.inhibit(weight, self.layer.dale_w_ei, self.layer.dale_w_ie, self.kind.out_axis)
         return weight
 
-    @torch.no_grad()
+    @no_grad
     def enforce_dales_principle(self) -> None:
         """Stored weights onto the constraint, the forward unchanged: ``w ← s·|w|`` (DANN: all ``|·|``).
 
@@ -443,7 +444,7 @@ class BioSynapses(nn.Module):
             sharding.local(self.layer.dale_w_ei).abs_()
             sharding.local(self.layer.dale_w_ie).abs_()
 
-    @torch.no_grad()
+    @no_grad
     def dalian_network_initialization(self) -> None:
         """Balanced Dale initialization (:func:`biofx.mechanisms.dale.initialize_dann_` or
         :func:`~biofx.mechanisms.dale.initialize_column_`); draws are keyed by the layer's seed."""
