@@ -93,3 +93,31 @@ def test_set_enabled_validates():
         kernels.set_enabled("yes")
     with pytest.raises(ValueError):
         kernels.set_enabled(True, after_calls=-1)
+
+
+def test_in_place_kernels_write_back_non_contiguous_weights(fused_kernels):
+    """A channels-last conv weight is not contiguous: the in-place step kernels work on a
+    contiguous copy and write it back, so both layouts train alike."""
+    kernels.set_enabled(True, after_calls=0)
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
+    x = torch.randn(4, 3, 6, 6)
+    runs = []
+    for channels_last in (False, True):
+        model = copy.deepcopy(base)
+        if channels_last:
+            model[0].to(memory_format=torch.channels_last)
+            assert not model[0].weight.is_contiguous()
+        bio = biofx.transform(model, automatic=("fuzzy", "volume", "crystallize"), seed=1)
+        initial = bio.bio_layers()[0].fuzzy_lr.clone()
+        opt = torch.optim.SGD(bio.parameters(), lr=0.5)
+        for _ in range(3):
+            opt.zero_grad()
+            bio(x).square().mean().backward()
+            opt.step()
+        runs.append(bio)
+    contiguous, strided = runs
+    assert not torch.equal(contiguous.bio_layers()[0].fuzzy_lr, initial)  # crystallized
+    for a, b in zip(contiguous.bio_layers(), strided.bio_layers()):
+        torch.testing.assert_close(b.weight, a.weight, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b.fuzzy_lr, a.fuzzy_lr)
