@@ -15,6 +15,7 @@ import torch.nn as nn
 import biofx
 
 from conftest import MLP, conv_input, conv_model
+import _explicit as explicit
 
 K, B, STEPS = 4, 4, 3
 
@@ -44,10 +45,7 @@ def run(model_name, mode, micro_batches):
         for xs, ys in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
             (nn.functional.mse_loss(bio(xs), ys) / micro_batches).backward()
         if mode == "explicit":
-            bio.fuzzy_learning_rates()
-            bio.volume_dependent_lr()
-            bio.crystallize()
-            bio.scale_grad()
+            explicit.before_step(bio)
         optimizer.step()
         trajectory.append({k: v.clone() for k, v in bio.state_dict().items()})
     torch.random.set_rng_state(generator_state)

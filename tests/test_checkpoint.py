@@ -17,6 +17,7 @@ import biofx
 from biofx.fallback import BioRoot
 
 from conftest import MLP
+import _explicit as explicit
 
 CONFIGS = {
     "temporal": dict(
@@ -60,10 +61,7 @@ def step(bio, optimizer, mode, i):
     optimizer.zero_grad()
     nn.functional.mse_loss(bio(x), y).backward()
     if mode == "explicit":
-        bio.fuzzy_learning_rates()
-        bio.volume_dependent_lr()
-        bio.crystallize()
-        bio.scale_grad()
+        explicit.before_step(bio)
     optimizer.step()
     if mode == "explicit":
         bio.rejuvenate_weights()

@@ -39,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 import biofx
 import biofx.kernels
 from _spawn import free_port, run_workers
+import _explicit as explicit
 
 pytestmark = [
     pytest.mark.slow,  # two spawned processes: about 10-20 s
@@ -103,10 +104,7 @@ def train_step(mode, model, optimizer, micro_batches, no_sync=None):
             (nn.functional.mse_loss(model(x), y) / len(micro_batches)).backward()
     bio = getattr(model, "module", model)  # DDP wraps the bio model
     if mode.startswith("explicit"):
-        bio.fuzzy_learning_rates()
-        bio.volume_dependent_lr()
-        bio.crystallize()
-        bio.scale_grad()
+        explicit.before_step(bio)
     optimizer.step()
     if mode.startswith("explicit"):
         bio.rejuvenate_weights()

@@ -26,6 +26,7 @@ import biofx
 import biofx.kernels
 from _spawn import free_port, run_workers
 from biofx.config import BioConfig, ConfigMap, Distribution
+import _explicit as explicit
 
 pytestmark = [
     pytest.mark.slow,  # two spawned processes: about 10-20 s
@@ -89,10 +90,7 @@ def train(mode, bio, optimizer, x, y):
     nn.functional.mse_loss(bio(x), y).backward()
     count = None
     if mode == "explicit":
-        bio.fuzzy_learning_rates()
-        bio.volume_dependent_lr()
-        bio.crystallize()
-        bio.scale_grad()
+        explicit.before_step(bio)
     optimizer.step()
     if mode == "explicit":
         count = int(bio.rejuvenate_weights())
