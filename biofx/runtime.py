@@ -11,7 +11,9 @@ user passing the optimizer in. Mechanisms that need the step's whole gradient ru
   ``rejuvenate_every = N`` on every N-th step, ``crystallize`` on ``.grad``;
 * after the step: with ``acts_on="update"`` (the default) the update each weight just took
   is rescaled by its fuzzy and volume factors, then crystallized; the step counters
-  advance and dynamic fuzzy rates update (when ``fuzzy`` is automatic).
+  advance and dynamic fuzzy rates update (when ``fuzzy`` is automatic). For plain SGD (no
+  momentum, no weight decay: :func:`is_plain_sgd`), whose step is ``−lr·g``, the gradient
+  is scaled before the step instead: the same step, without keeping each weight.
 
 Only layers whose weight the stepping optimizer holds are touched. With
 ``acts_on="gradient"`` the multiplicative mechanisms (``fuzzy``, ``volume``) act in the
@@ -36,7 +38,7 @@ from . import registry, sharding
 
 log = logging.getLogger("biofx")
 
-__all__ = ["install", "register", "live_synapses", "before_step", "after_step"]
+__all__ = ["install", "register", "live_synapses", "is_plain_sgd", "before_step", "after_step"]
 
 # Every live BioSynapses, and a counter of registrations so the hooks know when to look again.
 _LIVE: weakref.WeakSet = weakref.WeakSet()
@@ -106,19 +108,28 @@ def _layers_of(optimizer: torch.optim.Optimizer) -> list:
     return layers
 
 
+def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` steps by ``w ← w − lr·g`` (``torch.optim.SGD`` itself, without
+    momentum or weight decay in any group), so that scaling g scales its update exactly."""
+    return type(optimizer) is torch.optim.SGD and all(
+        group["momentum"] == 0 and group["weight_decay"] == 0 for group in optimizer.param_groups
+    )
+
+
 # -- the schedule of one layer ---------------------------------------------------------------
 @no_grad
-def before_step(layer) -> None:
+def before_step(layer, plain_sgd: bool = False) -> None:
     """A layer's step-level work before the optimizer's update, in the authors' order.
 
     After backward: (for a tied weight with ``acts_on="gradient"``, fuzzy and volume on its
     whole g), synaptic scaling (on g), rejuvenation (every ``rejuvenate_every``-th step),
     then crystallization on g and the rejuvenated w, and the step. With ``acts_on="update"``
     the weight is kept so :func:`after_step` can rescale the update; crystallization then
-    waits until the update has used this step's multipliers.
+    waits until the update has used this step's multipliers. With ``plain_sgd``
+    (:func:`is_plain_sgd`) the update's factors and crystallization act on g instead, now.
     """
     config = layer.config
-    _INTERNEURONS_BEFORE[layer] = layer.correct_interneurons_before_step()
+    _INTERNEURONS_BEFORE[layer] = layer.correct_interneurons_before_step(plain_sgd)
     has_grad = layer.weight.grad is not None
     if has_grad and layer.shared_with and config.acts_on == "gradient":
         for mechanism in registry.MULTIPLICATIVE:
@@ -130,7 +141,9 @@ def before_step(layer) -> None:
         layer.rejuvenate_weights()
     if not has_grad:
         return
-    if config.scales_update:
+    if config.scales_update and plain_sgd:
+        layer.scale_update_via_gradient()
+    elif config.scales_update:
         _WEIGHT_BEFORE[layer] = sharding.local(layer.weight).detach().clone()
     elif layer.is_automatic(registry.CRYSTALLIZE):
         layer.crystallize()
@@ -149,8 +162,10 @@ def after_step(layer) -> None:
 # -- the hooks ------------------------------------------------------------------------------
 @no_grad
 def _before_step(optimizer, args, kwargs) -> None:
-    for layer in _layers_of(optimizer):
-        before_step(layer)
+    layers = _layers_of(optimizer)
+    plain_sgd = bool(layers) and is_plain_sgd(optimizer)
+    for layer in layers:
+        before_step(layer, plain_sgd)
 
 
 @no_grad

@@ -319,32 +319,40 @@ class BioSynapses(nn.Module):
     def scale_update(self, before: torch.Tensor) -> None:
         """Rescale the update the optimizer just took (``w − before``, this rank's shard) by the
         layer's automatic fuzzy and volume factors, then crystallize on it."""
+        update.scale_step_(sharding.local(self.weight), before, **self._step_factors(before))
+
+    @no_grad
+    def scale_update_via_gradient(self) -> None:
+        """:meth:`scale_update` for plain SGD (no momentum, no weight decay), before its step:
+        the gradient is scaled instead, which gives the same step."""
+        weight = sharding.local(self.weight).detach()
+        update.scale_grad_for_step_(weight, **self._step_factors(weight))
+
+    def _step_factors(self, before: torch.Tensor) -> dict:
+        """The arguments of the update-mode kernels for this layer (w₀ = ``before``)."""
         cfg = self.config
         volume_args = (cfg.base_lr, cfg.stability_factor, cfg.lr_variability) if self.is_automatic(registry.VOLUME) else None
         crystal_args = (cfg.crystal_thresh, cfg.dampening_factor) if self.is_automatic(registry.CRYSTALLIZE) else None
         where = self._shard()
         sharded_crystal = where is not None and crystal_args is not None
-        mean_magnitude = sharding.layer_mean(before.float().abs(), where) if sharded_crystal else None
-        update.scale_step_(
-            sharding.local(self.weight),
-            before,
-            sharding.local(self.fuzzy_lr),
-            self.rng_key,
-            self.step,
-            self.is_automatic(registry.FUZZY),
-            volume_args,
-            crystal_args,
+        return dict(
+            multipliers=sharding.local(self.fuzzy_lr),
+            key=self.rng_key,
+            step=self.step,
+            fuzzy=self.is_automatic(registry.FUZZY),
+            volume_args=volume_args,
+            crystal_args=crystal_args,
             grad=sharding.local(self.weight.grad),
             offset=sharding.offset(where),
-            mean_magnitude=mean_magnitude,
+            mean_magnitude=sharding.layer_mean(before.float().abs(), where) if sharded_crystal else None,
         )
 
     @no_grad
-    def correct_interneurons_before_step(self) -> list:
+    def correct_interneurons_before_step(self, plain_sgd: bool = False) -> list:
         """DANN's interneuron updates scaled by :func:`~biofx.mechanisms.dale.interneuron_update_scales`:
-        with ``acts_on="gradient"`` their gradients now (for SGD the same), otherwise their
-        updates after the step (any optimizer): returns ``(parameter, scale, value before)`` for
-        :meth:`correct_interneurons_after_step`."""
+        with ``acts_on="gradient"`` or ``plain_sgd`` (the step is ``−lr·g``) their gradients
+        now, otherwise their updates after the step (any optimizer): returns ``(parameter,
+        scale, value before)`` for :meth:`correct_interneurons_after_step`."""
         config = self.config
         if not (registry.DALE.is_on(config) and config.dale_mode == "dann"):
             return []
@@ -355,7 +363,7 @@ class BioSynapses(nn.Module):
             parameter = getattr(self.layer, name)
             if parameter.grad is None:
                 continue
-            if config.acts_on == "gradient":
+            if config.acts_on == "gradient" or plain_sgd:
                 sharding.local(parameter.grad).mul_(scale)
             else:
                 steps.append((parameter, scale, sharding.local(parameter).detach().clone()))

@@ -17,7 +17,15 @@ import biofx
 from biofx import kernels
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-EAGER = {"plain": None, "biofx_explicit": "plain", "biofx_automatic": "plain", "biofx_default": "plain"}
+EAGER = {
+    "plain": None,
+    "biofx_explicit": "plain",
+    "biofx_automatic": "plain",
+    "biofx_default": "plain",
+    "plain_adam": None,
+    "biofx_default_adam": "plain_adam",
+    "biofx_automatic_adam": "plain_adam",
+}
 VARIANT_KEYS = {
     "median_ms", "min_ms", "max_ms", "steps", "round_ms", "baseline", "ratio", "ratio_lo", "ratio_hi",
     "first_step_s", "first_step_cache", "warmup_s", "step_peak_bytes", "params_finite",

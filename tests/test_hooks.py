@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import biofx
+from biofx import runtime
 
 from conftest import MLP
 
@@ -88,6 +89,55 @@ def test_works_with_any_optimizer():
             opt.step()
             losses.append(loss.item())
         assert losses[-1] < losses[0]
+
+
+class _SubclassedSGD(torch.optim.SGD):
+    """Plain SGD under another type: the hooks cannot know its step, so they keep the weight
+    and rescale the update after the step (the path of every other optimizer)."""
+
+
+def test_is_plain_sgd():
+    params = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))]
+    assert runtime.is_plain_sgd(torch.optim.SGD(params, lr=0.1))
+    assert runtime.is_plain_sgd(torch.optim.SGD(params, lr=0.1, maximize=True))
+    assert not runtime.is_plain_sgd(torch.optim.SGD(params, lr=0.1, momentum=0.9))
+    assert not runtime.is_plain_sgd(
+        torch.optim.SGD([{"params": params[:1]}, {"params": params[1:], "weight_decay": 1e-4}], lr=0.1)
+    )
+    assert not runtime.is_plain_sgd(_SubclassedSGD(params, lr=0.1))
+    assert not runtime.is_plain_sgd(torch.optim.Adam(params))
+
+
+def test_plain_sgd_scales_the_gradient_and_takes_the_update_paths_step():
+    """For plain SGD the update mode scales g before the step; weights and crystallized
+    multipliers match the general path (keep w₀, rescale w₁ − w₀ after the step)."""
+    base = MLP()
+    common = dict(seed=3, crystal_thresh=1e-2, automatic=("fuzzy", "volume", "crystallize"))
+    via_grad, general = (biofx.transform(copy.deepcopy(base), **common) for _ in range(2))
+    opt_g, opt_u = torch.optim.SGD(via_grad.parameters(), lr=0.1), _SubclassedSGD(general.parameters(), lr=0.1)
+    for _ in range(4):
+        x = torch.randn(5, 6)
+        train_step(via_grad, opt_g, x)
+        train_step(general, opt_u, x)
+    for a, b in zip(via_grad.parameters(), general.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    for a, b in zip(via_grad.bio_layers(), general.bio_layers()):
+        assert a.fuzzy_lr.ne(1).any()  # crystallization acted
+        assert torch.equal(a.fuzzy_lr, b.fuzzy_lr)
+
+
+def test_plain_sgd_step_is_w_minus_lr_f_g():
+    bio = biofx.transform(MLP(), seed=2)  # default: fuzzy rates, update mode
+    opt = torch.optim.SGD(bio.parameters(), lr=0.1)
+    before = {name: p.detach().clone() for name, p in bio.named_parameters()}
+    opt.zero_grad()
+    bio(torch.randn(4, 6)).square().mean().backward()
+    raw = {name: p.grad.clone() for name, p in bio.named_parameters()}
+    opt.step()
+    for layer in bio.bio_layers():
+        name = f"{layer.layer_name}.weight"
+        torch.testing.assert_close(layer.weight.grad, raw[name] * layer.fuzzy_lr, rtol=0, atol=0)
+        torch.testing.assert_close(layer.weight.detach(), before[name] - 0.1 * raw[name] * layer.fuzzy_lr)
 
 
 def test_advance_step_by_hand():

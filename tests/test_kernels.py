@@ -31,14 +31,19 @@ def test_fused_equals_unfused(fused_kernels):
     assert int(count) == int(count_u) > 0
 
 
-def test_training_with_fused_kernels_matches_plain_functions(fused_kernels):
+# plain SGD scales the gradient before the step, momentum SGD the update after it
+PATHS = pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["gradient-before-step", "update-after-step"])
+
+
+@PATHS
+def test_training_with_fused_kernels_matches_plain_functions(fused_kernels, momentum):
     base = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     cfg = dict(automatic=("fuzzy", "volume", "crystallize"), rejuvenate_every=2, seed=1)
     runs = []
     for enabled in (True, False):
         kernels.set_enabled(enabled, after_calls=0)
         bio = biofx.transform(copy.deepcopy(base), **cfg)
-        opt = torch.optim.SGD(bio.parameters(), lr=0.1)
+        opt = torch.optim.SGD(bio.parameters(), lr=0.1, momentum=momentum)
         for step in range(3):
             opt.zero_grad()
             bio(torch.ones(4, 8) * step).square().mean().backward()
@@ -95,7 +100,8 @@ def test_set_enabled_validates():
         kernels.set_enabled(True, after_calls=-1)
 
 
-def test_in_place_kernels_write_back_non_contiguous_weights(fused_kernels):
+@PATHS
+def test_in_place_kernels_write_back_non_contiguous_weights(fused_kernels, momentum):
     """A channels-last conv weight is not contiguous: the in-place step kernels work on a
     contiguous copy and write it back, so both layouts train alike."""
     kernels.set_enabled(True, after_calls=0)
@@ -110,7 +116,7 @@ def test_in_place_kernels_write_back_non_contiguous_weights(fused_kernels):
             assert not model[0].weight.is_contiguous()
         bio = biofx.transform(model, automatic=("fuzzy", "volume", "crystallize"), seed=1)
         initial = bio.bio_layers()[0].fuzzy_lr.clone()
-        opt = torch.optim.SGD(bio.parameters(), lr=0.5)
+        opt = torch.optim.SGD(bio.parameters(), lr=0.5, momentum=momentum)
         for _ in range(3):
             opt.zero_grad()
             bio(x).square().mean().backward()

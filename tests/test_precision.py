@@ -112,20 +112,31 @@ def test_cast_model_fuzzy_gradient_is_computed_in_float32():
         assert torch.equal(layer.weight.grad, (g.float() * layer.fuzzy_lr).to(torch.bfloat16))
 
 
-def test_bf16_update_mode_rescales_in_float32():
-    """acts_on="update" with bf16 weights: w ← (w₀ + f·(w₁ − w₀) in float32).to(bf16)."""
+class _SGD(torch.optim.SGD):
+    """SGD under another type: the hooks take the general update path (keep w₀, rescale after)."""
+
+
+@pytest.mark.parametrize("sgd", [torch.optim.SGD, _SGD], ids=["plain-sgd", "general"])
+def test_bf16_update_mode_rescales_in_float32(sgd):
+    """acts_on="update" with bf16 weights: the general path rescales the bf16 step in float32,
+    w ← (w₀ + f·(w₁ − w₀) in float32).to(bf16); plain SGD steps with the gradient scaled in
+    float32, w ← w₀ − lr·(g·f).to(bf16)."""
     model = MLP().to(torch.bfloat16)
     bio = biofx.transform(model, seed=0, fuzzy_learning_rate_factor_nu=0.4)
-    optimizer = torch.optim.SGD(bio.parameters(), lr=0.5)
+    optimizer = sgd(bio.parameters(), lr=0.5)
     before = {layer.layer_name: layer.weight.detach().clone() for layer in bio.bio_layers()}
     bio(torch.randn(8, 6, dtype=torch.bfloat16)).float().square().sum().backward()
-    stepped = {name: (w.float() - 0.5 * bio.get_parameter(f"{name}.weight").grad.float()).to(torch.bfloat16)
-               for name, w in before.items()}
+    grads = {name: bio.get_parameter(f"{name}.weight").grad.clone() for name in before}
     optimizer.step()
     for layer in bio.bio_layers():
-        w0, w1 = before[layer.layer_name].float(), stepped[layer.layer_name].float()
-        assert layer.weight.dtype == torch.bfloat16 and layer.fuzzy_lr.dtype == torch.float32
-        assert torch.equal(layer.weight, (w0 + layer.fuzzy_lr * (w1 - w0)).to(torch.bfloat16))
+        w0, g, f = before[layer.layer_name], grads[layer.layer_name], layer.fuzzy_lr
+        assert layer.weight.dtype == torch.bfloat16 and f.dtype == torch.float32
+        if sgd is _SGD:
+            w1 = (w0.float() - 0.5 * g.float()).to(torch.bfloat16).float()
+            expected = (w0.float() + f * (w1 - w0.float())).to(torch.bfloat16)
+        else:
+            expected = (w0.float() - 0.5 * (g.float() * f).to(torch.bfloat16).float()).to(torch.bfloat16)
+        assert torch.equal(layer.weight, expected)
 
 
 @pytest.mark.cuda

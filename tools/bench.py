@@ -1,7 +1,10 @@
 """Training-step benchmark: plain PyTorch against biofx (and the reference library) in one process.
 
 A *step* is what a training loop does per batch: ``zero_grad``, forward, cross-entropy loss,
-backward, the bio mechanisms, ``SGD.step``. Every variant trains a copy of the same model
+backward, the bio mechanisms, ``SGD.step`` (``Adam.step`` for the ``_adam`` variants: with
+plain SGD, whose step is ``−lr·g``, biofx's update mode scales the gradient before the step;
+any other optimizer takes the general path, which keeps each weight and rescales its update
+after the step). Every variant trains a copy of the same model
 (same initial weights) on the same fixed batch:
 
 =============================  ============================================================
@@ -11,6 +14,9 @@ backward, the bio mechanisms, ``SGD.step``. Every variant trains a copy of the s
 ``biofx_automatic``            ``automatic=("fuzzy", "volume", "crystallize")``; loop unchanged
 ``biofx_default``              ``BioConfig``'s default ``automatic`` (fuzzy rates only); loop
                                unchanged: the cost of the rewrite itself
+``plain_adam``                 ``plain`` trained with Adam instead of SGD
+``biofx_default_adam``         ``biofx_default`` with Adam, against ``plain_adam``
+``biofx_automatic_adam``       ``biofx_automatic`` with Adam, against ``plain_adam``
 ``plain_compiled``             ``torch.compile(plain, fullgraph=True)``
 ``biofx_automatic_compiled``   ``torch.compile(biofx_automatic, fullgraph=True)``
 ``reference``                  ``bio_transformations.BioConverter`` (0.0.5), calling the same
@@ -32,8 +38,9 @@ hits every variant, its baseline included, within the same round. Each step is t
 (``time.perf_counter``; on CUDA with CUDA events, synchronized once before and once after a
 turn). Every round yields one median per variant (``round_ms``); a variant's ``ratio`` is the
 median over the rounds of its round median divided by its baseline's round median in that same
-round (eager variants by ``plain``, the compiled bio variant by ``plain_compiled``), and
-``ratio_lo``/``ratio_hi`` are the smallest and largest of those per-round ratios. ``median_ms``,
+round (eager variants by ``plain`` or ``plain_adam``, the compiled bio variant by
+``plain_compiled``), and ``ratio_lo``/``ratio_hi`` are the smallest and largest of those
+per-round ratios. ``median_ms``,
 ``min_ms`` and ``max_ms`` are over all timed steps.
 
 Fused kernels: biofx compiles its per-weight mechanisms into fused kernels once they are hot
@@ -149,9 +156,17 @@ class Variant:
     warmup_s: float = 0.0  # all warmup steps, the first included
 
 
-def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, after_backward=None) -> Callable[[], None]:
-    """One training step: zero_grad, forward, loss, backward, ``after_backward()``, SGD step."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.01),
+    "adam": lambda params: torch.optim.Adam(params, lr=1e-3),
+}
+
+
+def _step_fn(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, after_backward=None, optimizer: str = "sgd"
+) -> Callable[[], None]:
+    """One training step: zero_grad, forward, loss, backward, ``after_backward()``, the optimizer's step."""
+    optimizer = OPTIMIZERS[optimizer](model.parameters())
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -192,8 +207,10 @@ def build_variants(name: str, small: bool, device: torch.device, compile_: bool)
 
     variants = []
 
-    def add(vname: str, model: nn.Module, baseline: Optional[str], after_backward=None, trained=None, **kw) -> None:
-        step = _step_fn(trained if trained is not None else model, x, y, after_backward)
+    def add(
+        vname: str, model: nn.Module, baseline: Optional[str], after_backward=None, trained=None, optimizer="sgd", **kw
+    ) -> None:
+        step = _step_fn(trained if trained is not None else model, x, y, after_backward, optimizer)
         variants.append(Variant(vname, step, baseline, model, **kw))
 
     add("plain", fresh(), None)
@@ -201,6 +218,9 @@ def build_variants(name: str, small: bool, device: torch.device, compile_: bool)
     add("biofx_explicit", explicit, "plain", _explicit_mechanisms(explicit))
     add("biofx_automatic", bio(AUTOMATIC), "plain")
     add("biofx_default", bio(biofx.BioConfig().automatic), "plain")
+    add("plain_adam", fresh(), None, optimizer="adam")
+    add("biofx_default_adam", bio(biofx.BioConfig().automatic), "plain_adam", optimizer="adam")
+    add("biofx_automatic_adam", bio(AUTOMATIC), "plain_adam", optimizer="adam")
     if compile_:
         plain = fresh()
         add("plain_compiled", plain, None, trained=torch.compile(plain, fullgraph=True))
