@@ -29,12 +29,13 @@ from __future__ import annotations
 import functools
 import logging
 import weakref
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from . import registry, sharding
+from .mechanisms import update
 
 log = logging.getLogger("biofx")
 
@@ -118,7 +119,7 @@ def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
 
 # -- the schedule of one layer ---------------------------------------------------------------
 @no_grad
-def before_step(layer, plain_sgd: bool = False) -> None:
+def before_step(layer, plain_sgd: bool = False) -> Optional[update.LayerStep]:
     """A layer's step-level work before the optimizer's update, in the authors' order.
 
     After backward: (for a tied weight with ``acts_on="gradient"``, fuzzy and volume on its
@@ -126,7 +127,8 @@ def before_step(layer, plain_sgd: bool = False) -> None:
     then crystallization on g and the rejuvenated w, and the step. With ``acts_on="update"``
     the weight is kept so :func:`after_step` can rescale the update; crystallization then
     waits until the update has used this step's multipliers. With ``plain_sgd``
-    (:func:`is_plain_sgd`) the update's factors and crystallization act on g instead, now.
+    (:func:`is_plain_sgd`) the update's factors and crystallization act on g instead, now:
+    the layer's part of that is returned, for one call over all layers.
     """
     config = layer.config
     _INTERNEURONS_BEFORE[layer] = layer.correct_interneurons_before_step(plain_sgd)
@@ -140,23 +142,23 @@ def before_step(layer, plain_sgd: bool = False) -> None:
     if registry.REJUVENATE.is_on(config) and (layer.steps.value + 1) % config.rejuvenate_every == 0:
         layer.rejuvenate_weights()
     if not has_grad:
-        return
+        return None
     if config.scales_update and plain_sgd:
-        layer.scale_update_via_gradient()
-    elif config.scales_update:
+        return layer.update_step()
+    if config.scales_update:
         _WEIGHT_BEFORE[layer] = sharding.local(layer.weight).detach().clone()
     elif layer.is_automatic(registry.CRYSTALLIZE):
         layer.crystallize()
+    return None
 
 
 @no_grad
-def after_step(layer) -> None:
-    """After the update: DANN's interneuron updates corrected, then (``acts_on="update"``) the
-    weight's update rescaled and crystallized on."""
+def after_step(layer) -> Optional[update.LayerStep]:
+    """After the update: DANN's interneuron updates corrected; returns the layer's part of the
+    update rescaling (``acts_on="update"``, not plain SGD), for one call over all layers."""
     layer.correct_interneurons_after_step(_INTERNEURONS_BEFORE.pop(layer, []))
     before = _WEIGHT_BEFORE.pop(layer, None)
-    if before is not None:
-        layer.scale_update(before)
+    return None if before is None else layer.update_step(before)
 
 
 # -- the hooks ------------------------------------------------------------------------------
@@ -164,8 +166,8 @@ def after_step(layer) -> None:
 def _before_step(optimizer, args, kwargs) -> None:
     layers = _layers_of(optimizer)
     plain_sgd = bool(layers) and is_plain_sgd(optimizer)
-    for layer in layers:
-        before_step(layer, plain_sgd)
+    steps = [before_step(layer, plain_sgd) for layer in layers]
+    update.scale_grads_for_step_([step for step in steps if step is not None])
 
 
 @no_grad
@@ -173,8 +175,8 @@ def _after_step(optimizer, args, kwargs) -> None:
     layers = _layers_of(optimizer)
     if not layers:
         return
-    for layer in layers:
-        after_step(layer)
+    steps = [after_step(layer) for layer in layers]
+    update.scale_steps_([step for step in steps if step is not None])
     torch._foreach_add_([layer.steps.tensor for layer in layers], 1)
     for layer in layers:
         layer.steps.value += 1  # the tensors advanced in bulk above

@@ -315,36 +315,31 @@ class BioSynapses(nn.Module):
         grad.add_(term.to(grad.dtype))
 
     # -- the optimizer's update (acts_on="update"; scheduled by biofx.runtime) --------------
-    @no_grad
-    def scale_update(self, before: torch.Tensor) -> None:
-        """Rescale the update the optimizer just took (``w − before``, this rank's shard) by the
-        layer's automatic fuzzy and volume factors, then crystallize on it."""
-        update.scale_step_(sharding.local(self.weight), before, **self._step_factors(before))
-
-    @no_grad
-    def scale_update_via_gradient(self) -> None:
-        """:meth:`scale_update` for plain SGD (no momentum, no weight decay), before its step:
-        the gradient is scaled instead, which gives the same step."""
-        weight = sharding.local(self.weight).detach()
-        update.scale_grad_for_step_(weight, **self._step_factors(weight))
-
-    def _step_factors(self, before: torch.Tensor) -> dict:
-        """The arguments of the update-mode kernels for this layer (w₀ = ``before``)."""
+    def update_step(self, before: Optional[torch.Tensor] = None) -> update.LayerStep:
+        """This layer's part of an update-mode step, for :func:`~biofx.mechanisms.update.scale_steps_`
+        (``before``: w₀, this rank's shard, kept by the pre-step hook) or, with ``before=None``,
+        for :func:`~biofx.mechanisms.update.scale_grads_for_step_` (plain SGD, before its step)."""
         cfg = self.config
-        volume_args = (cfg.base_lr, cfg.stability_factor, cfg.lr_variability) if self.is_automatic(registry.VOLUME) else None
-        crystal_args = (cfg.crystal_thresh, cfg.dampening_factor) if self.is_automatic(registry.CRYSTALLIZE) else None
         where = self._shard()
-        sharded_crystal = where is not None and crystal_args is not None
-        return dict(
+        weight = sharding.local(self.weight).detach()
+        w0 = weight if before is None else before
+        crystal_args = (cfg.crystal_thresh, cfg.dampening_factor) if self.is_automatic(registry.CRYSTALLIZE) else None
+        return update.LayerStep(
+            weight=weight,
+            grad=sharding.local(self.weight.grad),
             multipliers=sharding.local(self.fuzzy_lr),
             key=self.rng_key,
             step=self.step,
             fuzzy=self.is_automatic(registry.FUZZY),
-            volume_args=volume_args,
+            volume_args=(
+                (cfg.base_lr, cfg.stability_factor, cfg.lr_variability) if self.is_automatic(registry.VOLUME) else None
+            ),
             crystal_args=crystal_args,
-            grad=sharding.local(self.weight.grad),
             offset=sharding.offset(where),
-            mean_magnitude=sharding.layer_mean(before.float().abs(), where) if sharded_crystal else None,
+            mean_magnitude=(
+                sharding.layer_mean(w0.float().abs(), where) if where is not None and crystal_args is not None else None
+            ),
+            before=before,
         )
 
     @no_grad
