@@ -32,11 +32,11 @@ MODELS = {
 }
 
 
-def run(model_name, mode, micro_batches):
+def run(model_name, mode, micro_batches, momentum=0.9):
     make, make_x, make_y = MODELS[model_name]
     torch.manual_seed(0)
     bio = biofx.transform(make(), seed=2, **CONFIGS[mode])
-    optimizer = torch.optim.SGD(bio.parameters(), lr=0.05, momentum=0.9)
+    optimizer = torch.optim.SGD(bio.parameters(), lr=0.05, momentum=momentum)
     generator_state = torch.random.get_rng_state()
     trajectory = []
     for _ in range(STEPS):
@@ -52,11 +52,13 @@ def run(model_name, mode, micro_batches):
     return trajectory
 
 
+# plain SGD scales the gradient before the step; with momentum the update is rescaled after it
+@pytest.mark.parametrize("momentum", [0.9, 0.0], ids=["update-after-step", "gradient-before-step"])
 @pytest.mark.parametrize("model_name", list(MODELS))
 @pytest.mark.parametrize("mode", list(CONFIGS))
-def test_k_micro_batches_equal_one_batch(model_name, mode):
-    accumulated = run(model_name, mode, K)
-    whole = run(model_name, mode, 1)
+def test_k_micro_batches_equal_one_batch(model_name, mode, momentum):
+    accumulated = run(model_name, mode, K, momentum)
+    whole = run(model_name, mode, 1, momentum)
     for step, (a, b) in enumerate(zip(accumulated, whole)):
         assert a.keys() == b.keys()
         for key in a:

@@ -51,6 +51,10 @@ CONFIGS = {
     # (rejuvenate_weights() after every step)
     "explicit": dict(COMMON, automatic=(), rejuvenate_every=0, synaptic_scaling_gamma=0.05, dale_mode="column"),
 }
+# "update" with plain SGD: the update's factors and crystallization act on each shard's gradient
+# before the step (the other modes train with momentum: the update is rescaled after the step)
+CONFIGS["update-plain-sgd"] = CONFIGS["update"]
+MOMENTUM = {"update-plain-sgd": 0.0}
 
 
 class Net(nn.Module):
@@ -100,7 +104,7 @@ def train(mode, bio, optimizer, x, y):
 
 def run(mode, bio, rank=None):
     """Train ``bio`` (sharded when ``rank`` is given: its half of every batch) for STEPS steps."""
-    optimizer = torch.optim.SGD(bio.parameters(), lr=0.1, momentum=0.9)
+    optimizer = torch.optim.SGD(bio.parameters(), lr=0.1, momentum=MOMENTUM.get(mode, 0.9))
     return [train(mode, bio, optimizer, *((x, y) if rank is None else (x.chunk(WORLD)[rank], y.chunk(WORLD)[rank])))
             for x, y in batches()]
 
