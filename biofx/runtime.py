@@ -47,7 +47,7 @@ _REGISTRATIONS = [0]
 _HANDLES: list = []
 _CACHE: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.WeakKeyDictionary()
 # From the pre-step to the post-step hook: each layer's weight (this rank's shard) with
-# acts_on="update", and DANN's interneuron weights (BioSynapses.correct_interneurons_before_step)
+# acts_on="update" (unless the optimizer is plain SGD), and DANN's interneuron weights (BioSynapses.correct_interneurons_before_step)
 _WEIGHT_BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _INTERNEURONS_BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -128,7 +128,8 @@ def before_step(layer, plain_sgd: bool = False) -> Optional[update.LayerStep]:
     the weight is kept so :func:`after_step` can rescale the update; crystallization then
     waits until the update has used this step's multipliers. With ``plain_sgd``
     (:func:`is_plain_sgd`) the update's factors and crystallization act on g instead, now:
-    the layer's part of that is returned, for one call over all layers.
+    the layer's part of that is returned, and the hook scales all layers' gradients after
+    their other work.
     """
     config = layer.config
     _INTERNEURONS_BEFORE[layer] = layer.correct_interneurons_before_step(plain_sgd)
@@ -155,7 +156,7 @@ def before_step(layer, plain_sgd: bool = False) -> Optional[update.LayerStep]:
 @no_grad
 def after_step(layer) -> Optional[update.LayerStep]:
     """After the update: DANN's interneuron updates corrected; returns the layer's part of the
-    update rescaling (``acts_on="update"``, not plain SGD), for one call over all layers."""
+    update rescaling (``acts_on="update"``, not plain SGD), which the hook then runs."""
     layer.correct_interneurons_after_step(_INTERNEURONS_BEFORE.pop(layer, []))
     before = _WEIGHT_BEFORE.pop(layer, None)
     return None if before is None else layer.update_step(before)

@@ -315,6 +315,7 @@ class BioSynapses(nn.Module):
         grad.add_(term.to(grad.dtype))
 
     # -- the optimizer's update (acts_on="update"; scheduled by biofx.runtime) --------------
+    @no_grad
     def update_step(self, before: Optional[torch.Tensor] = None) -> update.LayerStep:
         """This layer's part of an update-mode step, for :func:`~biofx.mechanisms.update.scale_steps_`
         (``before``: w₀, this rank's shard, kept by the pre-step hook) or, with ``before=None``,

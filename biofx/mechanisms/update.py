@@ -70,9 +70,9 @@ class LayerStep:
 
 
 def scale_steps_(layers: list) -> None:
-    """After the step, in place, for every :class:`LayerStep`: ``w ← w₀ + f·v·(w₁ − w₀)``,
-    then the multipliers crystallized on the effective gradient ``g·f·v`` and w₀ (as in
-    gradient mode, where ``.grad`` holds ``g·f·v``)."""
+    """After the step, in place, for every :class:`LayerStep`: ``w ← w₀ + f·v·(w₁ − w₀)``
+    (computed in float32, stored in w's dtype), then the multipliers crystallized on the
+    effective gradient ``g·f·v`` and w₀ (as in gradient mode, where ``.grad`` holds ``g·f·v``)."""
     for layer in layers:
         if layer.fuzzy_only_float32:
             torch.lerp(layer.before, layer.weight, layer.multipliers, out=layer.weight)
@@ -83,8 +83,8 @@ def scale_steps_(layers: list) -> None:
 
 def scale_grads_for_step_(layers: list) -> None:
     """Before a plain SGD step, in place, for every :class:`LayerStep` (w₀ = ``weight``):
-    ``g ← f·v·g``, so that the step is the one :func:`scale_steps_` would make of it, then
-    the same crystallization."""
+    ``g ← f·v·g`` (computed in float32, stored in g's dtype), so that the step is the one
+    :func:`scale_steps_` would make of it, then the same crystallization."""
     for layer in layers:
         if layer.fuzzy_only_float32:
             layer.grad.mul_(layer.multipliers)
