@@ -12,8 +12,9 @@ user passing the optimizer in. Mechanisms that need the step's whole gradient ru
 * after the step: with ``acts_on="update"`` (the default) the update each weight just took
   is rescaled by its fuzzy and volume factors, then crystallized; the step counters
   advance and dynamic fuzzy rates update (when ``fuzzy`` is automatic). For plain SGD (no
-  momentum, no weight decay: :func:`is_plain_sgd`), whose step is ``−lr·g``, the gradient
-  is scaled before the step instead: the same step, without keeping each weight.
+  momentum, no weight decay: :func:`is_plain_sgd`; stepped without a closure), whose step is
+  ``−lr·g``, the gradient is scaled before the step instead: the same step, without keeping
+  each weight.
 
 Only layers whose weight the stepping optimizer holds are touched. With
 ``acts_on="gradient"`` the multiplicative mechanisms (``fuzzy``, ``volume``) act in the
@@ -166,7 +167,10 @@ def after_step(layer) -> Optional[update.LayerStep]:
 @no_grad
 def _before_step(optimizer, args, kwargs) -> None:
     layers = _layers_of(optimizer)
-    plain_sgd = bool(layers) and is_plain_sgd(optimizer)
+    # a closure recomputes the gradient inside step(): only the update can be rescaled then
+    # (``args`` are step()'s, the optimizer first)
+    closure = args[1] if len(args) > 1 else kwargs.get("closure")
+    plain_sgd = bool(layers) and closure is None and is_plain_sgd(optimizer)
     steps = [before_step(layer, plain_sgd) for layer in layers]
     update.scale_grads_for_step_([step for step in steps if step is not None])
 

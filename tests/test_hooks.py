@@ -140,6 +140,28 @@ def test_plain_sgd_step_is_w_minus_lr_f_g():
         torch.testing.assert_close(layer.weight.detach(), before[name] - 0.1 * raw[name] * layer.fuzzy_lr)
 
 
+def test_plain_sgd_with_a_closure_rescales_the_update():
+    """A closure recomputes .grad inside step(), after the pre-step hook: a factor put on g
+    there would be lost, so the hooks rescale the update instead."""
+    x = torch.randn(4, 6)
+    base = MLP()
+    with_closure, without = (biofx.transform(copy.deepcopy(base), seed=2) for _ in range(2))
+    opt_c, opt_n = torch.optim.SGD(with_closure.parameters(), lr=0.1), torch.optim.SGD(without.parameters(), lr=0.1)
+
+    def closure():
+        opt_c.zero_grad()
+        loss = with_closure(x).square().mean()
+        loss.backward()
+        return loss
+
+    closure()  # the usual loop computes the gradient once before step(closure) too
+    opt_c.step(closure)
+    train_step(without, opt_n, x)
+    for a, b in zip(with_closure.parameters(), without.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert not torch.equal(with_closure.fc1.weight, base.fc1.weight)
+
+
 def test_advance_step_by_hand():
     bio = biofx.transform(MLP(), automatic=("volume",))
     bio.advance_step()
