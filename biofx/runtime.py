@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import weakref
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -120,7 +120,7 @@ def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
 
 # -- the schedule of one layer ---------------------------------------------------------------
 @no_grad
-def before_step(layer, plain_sgd: bool = False) -> Optional[update.LayerStep]:
+def before_step(layer, plain_sgd: bool = False) -> None:
     """A layer's step-level work before the optimizer's update, in the authors' order.
 
     After backward: (for a tied weight with ``acts_on="gradient"``, fuzzy and volume on its
@@ -128,9 +128,7 @@ def before_step(layer, plain_sgd: bool = False) -> Optional[update.LayerStep]:
     then crystallization on g and the rejuvenated w, and the step. With ``acts_on="update"``
     the weight is kept so :func:`after_step` can rescale the update; crystallization then
     waits until the update has used this step's multipliers. With ``plain_sgd``
-    (:func:`is_plain_sgd`) the update's factors and crystallization act on g instead, now:
-    the layer's part of that is returned, and the hook scales all layers' gradients after
-    their other work.
+    (:func:`is_plain_sgd`) the update's factors and crystallization act on g instead, now.
     """
     config = layer.config
     _INTERNEURONS_BEFORE[layer] = layer.correct_interneurons_before_step(plain_sgd)
@@ -144,23 +142,23 @@ def before_step(layer, plain_sgd: bool = False) -> Optional[update.LayerStep]:
     if registry.REJUVENATE.is_on(config) and (layer.steps.value + 1) % config.rejuvenate_every == 0:
         layer.rejuvenate_weights()
     if not has_grad:
-        return None
+        return
     if config.scales_update and plain_sgd:
-        return layer.update_step()
-    if config.scales_update:
+        update.scale_grad_for_step_(layer.update_step())
+    elif config.scales_update:
         _WEIGHT_BEFORE[layer] = sharding.local(layer.weight).detach().clone()
     elif layer.is_automatic(registry.CRYSTALLIZE):
         layer.crystallize()
-    return None
 
 
 @no_grad
-def after_step(layer) -> Optional[update.LayerStep]:
-    """After the update: DANN's interneuron updates corrected; returns the layer's part of the
-    update rescaling (``acts_on="update"``, not plain SGD), which the hook then runs."""
+def after_step(layer) -> None:
+    """After the update: DANN's interneuron updates corrected, then (``acts_on="update"``, not
+    plain SGD) the weight's update rescaled and crystallized on."""
     layer.correct_interneurons_after_step(_INTERNEURONS_BEFORE.pop(layer, []))
     before = _WEIGHT_BEFORE.pop(layer, None)
-    return None if before is None else layer.update_step(before)
+    if before is not None:
+        update.scale_step_(layer.update_step(before))
 
 
 # -- the hooks ------------------------------------------------------------------------------
@@ -171,8 +169,8 @@ def _before_step(optimizer, args, kwargs) -> None:
     # (``args`` are step()'s, the optimizer first)
     closure = args[1] if len(args) > 1 else kwargs.get("closure")
     plain_sgd = bool(layers) and closure is None and is_plain_sgd(optimizer)
-    steps = [before_step(layer, plain_sgd) for layer in layers]
-    update.scale_grads_for_step_([step for step in steps if step is not None])
+    for layer in layers:
+        before_step(layer, plain_sgd)
 
 
 @no_grad
@@ -180,8 +178,8 @@ def _after_step(optimizer, args, kwargs) -> None:
     layers = _layers_of(optimizer)
     if not layers:
         return
-    steps = [after_step(layer) for layer in layers]
-    update.scale_steps_([step for step in steps if step is not None])
+    for layer in layers:
+        after_step(layer)
     torch._foreach_add_([layer.steps.tensor for layer in layers], 1)
     for layer in layers:
         layer.steps.value += 1  # the tensors advanced in bulk above

@@ -317,9 +317,9 @@ class BioSynapses(nn.Module):
     # -- the optimizer's update (acts_on="update"; scheduled by biofx.runtime) --------------
     @no_grad
     def update_step(self, before: Optional[torch.Tensor] = None) -> update.LayerStep:
-        """This layer's part of an update-mode step, for :func:`~biofx.mechanisms.update.scale_steps_`
+        """This layer's part of an update-mode step, for :func:`~biofx.mechanisms.update.scale_step_`
         (``before``: w₀, this rank's shard, kept by the pre-step hook) or, with ``before=None``,
-        for :func:`~biofx.mechanisms.update.scale_grads_for_step_` (plain SGD, before its step)."""
+        for :func:`~biofx.mechanisms.update.scale_grad_for_step_` (plain SGD, before its step)."""
         cfg = self.config
         where = self._shard()
         weight = sharding.local(self.weight).detach()

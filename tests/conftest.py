@@ -21,6 +21,12 @@ class MLP(nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
+class GeneralPathSGD(torch.optim.SGD):
+    """Plain SGD under another type: the step hooks cannot know its step, so they keep each
+    weight and rescale its update after the step (the path of every other optimizer), where
+    ``torch.optim.SGD`` itself has its gradient scaled before the step."""
+
+
 def conv_model(dims: int, in_ch=3, mid=4, out=2):
     conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
     return nn.Sequential(conv(in_ch, mid, 3, padding=1), nn.ReLU(), conv(mid, out, 3, padding=1))

@@ -9,7 +9,7 @@ import torch.nn as nn
 import biofx
 from biofx import runtime
 
-from conftest import MLP
+from conftest import MLP, GeneralPathSGD
 
 
 def train_step(model, opt, x, explicit=()):
@@ -91,11 +91,6 @@ def test_works_with_any_optimizer():
         assert losses[-1] < losses[0]
 
 
-class _SubclassedSGD(torch.optim.SGD):
-    """Plain SGD under another type: the hooks cannot know its step, so they keep the weight
-    and rescale the update after the step (the path of every other optimizer)."""
-
-
 def test_is_plain_sgd():
     params = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))]
     assert runtime.is_plain_sgd(torch.optim.SGD(params, lr=0.1))
@@ -104,7 +99,7 @@ def test_is_plain_sgd():
     assert not runtime.is_plain_sgd(
         torch.optim.SGD([{"params": params[:1]}, {"params": params[1:], "weight_decay": 1e-4}], lr=0.1)
     )
-    assert not runtime.is_plain_sgd(_SubclassedSGD(params, lr=0.1))
+    assert not runtime.is_plain_sgd(GeneralPathSGD(params, lr=0.1))
     assert not runtime.is_plain_sgd(torch.optim.Adam(params))
 
 
@@ -114,7 +109,7 @@ def test_plain_sgd_scales_the_gradient_and_takes_the_update_paths_step():
     base = MLP()
     common = dict(seed=3, crystal_thresh=1e-2, automatic=("fuzzy", "volume", "crystallize"))
     via_grad, general = (biofx.transform(copy.deepcopy(base), **common) for _ in range(2))
-    opt_g, opt_u = torch.optim.SGD(via_grad.parameters(), lr=0.1), _SubclassedSGD(general.parameters(), lr=0.1)
+    opt_g, opt_u = torch.optim.SGD(via_grad.parameters(), lr=0.1), GeneralPathSGD(general.parameters(), lr=0.1)
     for _ in range(4):
         x = torch.randn(5, 6)
         train_step(via_grad, opt_g, x)

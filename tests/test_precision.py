@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import biofx
 
-from conftest import MLP
+from conftest import MLP, GeneralPathSGD
 
 FULL = dict(automatic=("fuzzy", "volume", "crystallize", "scaling"), acts_on="gradient", apply_dales_principle=True,
             weight_splitting_Gamma=2, synaptic_scaling_gamma=0.05, seed=0)
@@ -112,11 +112,7 @@ def test_cast_model_fuzzy_gradient_is_computed_in_float32():
         assert torch.equal(layer.weight.grad, (g.float() * layer.fuzzy_lr).to(torch.bfloat16))
 
 
-class _SGD(torch.optim.SGD):
-    """SGD under another type: the hooks take the general update path (keep w₀, rescale after)."""
-
-
-@pytest.mark.parametrize("sgd", [torch.optim.SGD, _SGD], ids=["plain-sgd", "general"])
+@pytest.mark.parametrize("sgd", [torch.optim.SGD, GeneralPathSGD], ids=["plain-sgd", "general"])
 def test_bf16_update_mode_rescales_in_float32(sgd):
     """acts_on="update" with bf16 weights: the general path rescales the bf16 step in float32,
     w ← (w₀ + f·(w₁ − w₀) in float32).to(bf16); plain SGD steps with the gradient scaled in
@@ -131,7 +127,7 @@ def test_bf16_update_mode_rescales_in_float32(sgd):
     for layer in bio.bio_layers():
         w0, g, f = before[layer.layer_name], grads[layer.layer_name], layer.fuzzy_lr
         assert layer.weight.dtype == torch.bfloat16 and f.dtype == torch.float32
-        if sgd is _SGD:
+        if sgd is GeneralPathSGD:
             w1 = (w0.float() - 0.5 * g.float()).to(torch.bfloat16).float()
             expected = (w0.float() + f * (w1 - w0.float())).to(torch.bfloat16)
         else:

@@ -14,7 +14,7 @@ rank.
 
 For plain SGD (no momentum, no weight decay) the update is ``−lr·g``, so scaling g by
 ``f·v`` before the step takes the same step (without the rounding of ``w₁ − w₀``) and saves
-keeping w₀: :func:`scale_grads_for_step_` does that, and the step hooks use it for such an
+keeping w₀: :func:`scale_grad_for_step_` does that, and the step hooks use it for such an
 optimizer.
 
 Each layer is one call of a fused kernel (:mod:`biofx.tiered_compile`; compiled with dynamic
@@ -41,7 +41,7 @@ class LayerStep:
     ``weight``, ``grad`` and ``multipliers`` are this rank's (for a shard of the layer,
     :mod:`biofx.sharding`: ``offset``, its first flat index, keys the volume noise and
     ``mean_magnitude`` is the layer's mean|w₀|). ``before`` is w₀, kept by the pre-step hook,
-    for :func:`scale_steps_`; ``volume_args = (base_lr, stability_factor, lr_variability)`` and
+    for :func:`scale_step_`; ``volume_args = (base_lr, stability_factor, lr_variability)`` and
     ``crystal_args = (crystal_thresh, dampening_factor)`` are ``None`` when not automatic.
     """
 
@@ -58,10 +58,6 @@ class LayerStep:
     before: Optional[torch.Tensor] = None
 
     @property
-    def mechanisms(self) -> tuple:
-        return self.fuzzy, self.volume_args, self.crystal_args
-
-    @property
     def fuzzy_only_float32(self) -> bool:
         """Fuzzy rates alone on float32 tensors: one eager op, no kernel to launch."""
         tensors = (self.weight, self.grad, self.multipliers)
@@ -69,39 +65,37 @@ class LayerStep:
         return alone and all(t.dtype == torch.float32 for t in tensors)
 
 
-def scale_steps_(layers: list) -> None:
-    """After the step, in place, for every :class:`LayerStep`: ``w ← w₀ + f·v·(w₁ − w₀)``
-    (computed in float32, stored in w's dtype), then the multipliers crystallized on the
-    effective gradient ``g·f·v`` and w₀ (as in gradient mode, where ``.grad`` holds ``g·f·v``)."""
-    for layer in layers:
-        if layer.fuzzy_only_float32:
-            torch.lerp(layer.before, layer.weight, layer.multipliers, out=layer.weight)
-            continue
-        with flat_views(layer.weight, layer.multipliers) as (weight, multipliers):
-            scale_flat_step_(layer.before.reshape(-1), weight, layer.grad.reshape(-1), multipliers, *_kernel_args(layer))
+def scale_step_(layer: LayerStep) -> None:
+    """After the step, in place: ``w ← w₀ + f·v·(w₁ − w₀)`` (computed in float32, stored in
+    w's dtype), then the multipliers crystallized on the effective gradient ``g·f·v`` and w₀
+    (as in gradient mode, where ``.grad`` holds ``g·f·v``)."""
+    if layer.fuzzy_only_float32:
+        torch.lerp(layer.before, layer.weight, layer.multipliers, out=layer.weight)
+        return
+    with flat_views(layer.weight, layer.multipliers) as (weight, multipliers):
+        scale_flat_step_(layer.before.reshape(-1), weight, layer.grad.reshape(-1), multipliers, *_kernel_args(layer))
 
 
-def scale_grads_for_step_(layers: list) -> None:
-    """Before a plain SGD step, in place, for every :class:`LayerStep` (w₀ = ``weight``):
-    ``g ← f·v·g`` (computed in float32, stored in g's dtype), so that the step is the one
-    :func:`scale_steps_` would make of it, then the same crystallization."""
-    for layer in layers:
-        if layer.fuzzy_only_float32:
-            layer.grad.mul_(layer.multipliers)
-            continue
-        with flat_views(layer.grad, layer.multipliers) as (grad, multipliers):
-            scale_flat_grad_(layer.weight.reshape(-1), grad, multipliers, *_kernel_args(layer))
+def scale_grad_for_step_(layer: LayerStep) -> None:
+    """Before a plain SGD step, in place (w₀ = ``layer.weight``): ``g ← f·v·g`` (computed in
+    float32, stored in g's dtype), so that the step is the one :func:`scale_step_` would make
+    of it, then the same crystallization."""
+    if layer.fuzzy_only_float32:
+        layer.grad.mul_(layer.multipliers)
+        return
+    with flat_views(layer.grad, layer.multipliers) as (grad, multipliers):
+        scale_flat_grad_(layer.weight.reshape(-1), grad, multipliers, *_kernel_args(layer))
 
 
 def _kernel_args(layer: LayerStep) -> tuple:
-    return layer.key, layer.step, *layer.mechanisms, layer.offset, layer.mean_magnitude
+    return layer.key, layer.step, layer.fuzzy, layer.volume_args, layer.crystal_args, layer.offset, layer.mean_magnitude
 
 
 @fused
 def scale_flat_step_(
     before, after, grad, multipliers, key, step, fuzzy, volume_args, crystal_args, offset, mean_magnitude
 ) -> None:  # fmt: skip
-    """:func:`scale_steps_` for one layer, on flat tensors."""
+    """:func:`scale_step_` on flat tensors."""
     factor, settled = _factor(before, grad, multipliers, key, step, fuzzy, volume_args, crystal_args, offset, mean_magnitude)
     w0 = before.float()
     after.copy_((w0 + factor * (after.float() - w0)).to(after.dtype))
@@ -112,7 +106,7 @@ def scale_flat_step_(
 def scale_flat_grad_(
     weight, grad, multipliers, key, step, fuzzy, volume_args, crystal_args, offset, mean_magnitude
 ) -> None:  # fmt: skip
-    """:func:`scale_grads_for_step_` for one layer, on flat tensors."""
+    """:func:`scale_grad_for_step_` on flat tensors."""
     factor, settled = _factor(weight, grad, multipliers, key, step, fuzzy, volume_args, crystal_args, offset, mean_magnitude)
     grad.copy_((grad.float() * factor).to(grad.dtype))
     _crystallize(multipliers, settled, crystal_args)
