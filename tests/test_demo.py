@@ -402,8 +402,8 @@ def test_reproduce_torch_draws_replace_and_restore_biofx_rng(monkeypatch):
     key, counter = torch.tensor(5), torch.tensor(0)
     original = rng.uniform
     with reproduce.torch_draws(7):
-        drawn = rng.uniform((3, 4), key, counter, rng.REJUVENATE_VALUE)
-        normal = rng.normal((6,), key, counter, rng.REJUVENATE_THRESHOLD)
+        drawn = rng.uniform((3, 4), rng.stream_seed(key, counter, rng.REJUVENATE_VALUE))
+        normal = rng.normal((6,), rng.stream_seed(key, counter, rng.REJUVENATE_THRESHOLD))
     generator = torch.Generator().manual_seed(7)
     torch.testing.assert_close(drawn, torch.rand((3, 4), generator=generator), rtol=0, atol=0)
     torch.testing.assert_close(normal, torch.normal(0.0, 1.0, (6,), generator=generator), rtol=0, atol=0)

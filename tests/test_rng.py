@@ -11,8 +11,16 @@ from biofx import rng
 SHAPE = torch.Size([400, 500])
 
 
+def _seed(key: int, counter: int, stream: int) -> torch.Tensor:
+    return rng.stream_seed(torch.tensor(key), torch.tensor(counter), stream)
+
+
+def _uniform(shape: torch.Size, key: int, counter: int, stream: int) -> torch.Tensor:
+    return rng.uniform(shape, _seed(key, counter, stream))
+
+
 def test_uniform_statistics_and_range():
-    u = rng.uniform(SHAPE, torch.tensor(1), torch.tensor(0), rng.VOLUME)
+    u = _uniform(SHAPE, 1, 0, rng.VOLUME)
     assert u.dtype == torch.float32 and 0 < u.min() and u.max() < 1
     assert u.mean().item() == pytest.approx(0.5, abs=2e-3)
     assert u.var().item() == pytest.approx(1 / 12, rel=1e-2)
@@ -23,7 +31,7 @@ def test_uniform_statistics_and_range():
 
 
 def test_normal_statistics_and_ks():
-    z = rng.normal(SHAPE, torch.tensor(9), torch.tensor(3), rng.VOLUME).flatten().double()
+    z = rng.normal(SHAPE, _seed(9, 3, rng.VOLUME)).flatten().double()
     assert z.mean().item() == pytest.approx(0.0, abs=5e-3)
     assert z.std().item() == pytest.approx(1.0, abs=5e-3)
     skew = (z**3).mean().item()
@@ -38,11 +46,11 @@ def test_normal_statistics_and_ks():
 
 
 def test_counters_keys_and_streams_are_independent():
-    base = rng.uniform(SHAPE, torch.tensor(1), torch.tensor(0), rng.VOLUME).flatten()
+    base = _uniform(SHAPE, 1, 0, rng.VOLUME).flatten()
     others = [
-        rng.uniform(SHAPE, torch.tensor(1), torch.tensor(1), rng.VOLUME),  # next step
-        rng.uniform(SHAPE, torch.tensor(2), torch.tensor(0), rng.VOLUME),  # another layer
-        rng.uniform(SHAPE, torch.tensor(1), torch.tensor(0), rng.TEMPORAL),  # another stream
+        _uniform(SHAPE, 1, 1, rng.VOLUME),  # next step
+        _uniform(SHAPE, 2, 0, rng.VOLUME),  # another layer
+        _uniform(SHAPE, 1, 0, rng.TEMPORAL),  # another stream
     ]
     for other in others:
         corr = torch.corrcoef(torch.stack([base, other.flatten()]))[0, 1].item()
@@ -53,20 +61,20 @@ def test_counters_keys_and_streams_are_independent():
 
 
 def test_deterministic():
-    a = rng.uniform(torch.Size([3, 5]), torch.tensor(5), torch.tensor(7), rng.ACTIVITY)
-    b = rng.uniform(torch.Size([3, 5]), torch.tensor(5), torch.tensor(7), rng.ACTIVITY)
+    a = _uniform(torch.Size([3, 5]), 5, 7, rng.ACTIVITY)
+    b = _uniform(torch.Size([3, 5]), 5, 7, rng.ACTIVITY)
     assert torch.equal(a, b) and a.shape == (3, 5)
     # a prefix of a larger draw is the smaller draw (elements are indexed, not sequenced)
-    assert torch.equal(rng.uniform(torch.Size([7]), torch.tensor(5), torch.tensor(7), 1), rng.uniform(torch.Size([8]), torch.tensor(5), torch.tensor(7), 1)[:7])
+    assert torch.equal(_uniform(torch.Size([7]), 5, 7, 1), _uniform(torch.Size([8]), 5, 7, 1)[:7])
 
 
 @pytest.mark.parametrize("offset, numel", [(0, 63), (9, 27), (15, 10), (1, 1), (62, 1), (63, 0)])
 def test_offset_draws_are_the_full_draws_at_those_indices(offset, numel):
     """A shard (biofx.sharding) draws elements offset … offset + numel − 1 of the full tensor, at
     odd offsets too (its first element is then the low half of a block's hash)."""
-    key, counter = torch.tensor(5), torch.tensor(3)
-    full = rng.normal(torch.Size([7, 9]), key, counter, rng.VOLUME).reshape(-1)
-    assert torch.equal(rng.normal(torch.Size([numel]), key, counter, rng.VOLUME, offset), full[offset : offset + numel])
+    seed = _seed(5, 3, rng.VOLUME)
+    full = rng.normal(torch.Size([7, 9]), seed).reshape(-1)
+    assert torch.equal(rng.normal(torch.Size([numel]), seed, offset), full[offset : offset + numel])
 
 
 def test_mix64_is_splitmix64():
@@ -96,6 +104,24 @@ def test_mix64_avalanche():
         assert (rates - 0.5).abs().max() < 0.05, (bit, rates)
 
 
+@pytest.mark.parametrize("key", [0, 1, -1, rng.layer_key(7, 3), -(2**63), 2**63 - 1])
+@pytest.mark.parametrize("counter", [0, 1, 2**31 + 5, 2**62 + 0x7FFF])
+def test_host_seed_equals_device_seed(key, counter):
+    """On the CPU a draw's seed is computed on the host with Python ints: it must equal the
+    tensor formula that devices and compiled graphs evaluate, for every stream."""
+    k, c = torch.tensor(key), torch.tensor(counter)
+    for stream in (rng.VOLUME, rng.REJUVENATE_THRESHOLD, rng.REJUVENATE_VALUE, rng.TEMPORAL, rng.ACTIVITY):
+        device_formula = rng.mix64(rng.mix64(k + rng._signed(stream * rng.GAMMA % 2**64)) + c * rng.GAMMA)
+        host = rng.stream_seed(k, c, stream)
+        assert host.dtype == torch.int64 and host.dim() == 0 and int(host) == int(device_formula)
+
+
+def test_layer_key_is_two_mixes_of_seed_and_index():
+    for seed, index in [(0, 0), (1, 2), (2**64 - 1, 7), (-5, 3)]:
+        x = rng.mix64(rng.mix64(torch.tensor(rng._signed(seed % 2**64))) + torch.tensor(index) * rng.GAMMA)
+        assert rng.layer_key(seed, index) == int(x)
+
+
 def test_layer_keys_distinct():
     keys = {rng.layer_key(seed, index) for seed in range(20) for index in range(20)}
     assert len(keys) == 400 and all(-(2**63) <= k < 2**63 for k in keys)
@@ -104,7 +130,7 @@ def test_layer_keys_distinct():
 def _steps(n_elements: int, n_steps: int, stream=rng.REJUVENATE_THRESHOLD) -> torch.Tensor:
     """uniform draws, one row per step (counter), one column per element."""
     key = torch.tensor(rng.layer_key(7, 3))
-    return torch.stack([rng.uniform(torch.Size([n_elements]), key, torch.tensor(t), stream) for t in range(n_steps)])
+    return torch.stack([rng.uniform(torch.Size([n_elements]), rng.stream_seed(key, torch.tensor(t), stream)) for t in range(n_steps)])
 
 
 def test_each_element_is_uniform_across_steps():
@@ -165,9 +191,9 @@ def test_rejuvenation_rate_per_element_matches_the_formula():
 def test_compiled_draws_equal_eager_for_every_size():
     """Inductor's vector body and scalar tail give the eager bits (a tail once diverged)."""
     key, counter = torch.tensor(rng.layer_key(3, 2)), torch.tensor(7)
-    draw = torch.compile(lambda k, c, n: rng.uniform(torch.Size([n]), k, c, rng.VOLUME), dynamic=True)
+    draw = torch.compile(lambda k, c, n: rng.uniform(torch.Size([n]), rng.stream_seed(k, c, rng.VOLUME)), dynamic=True)
     for n in (11, 1001):
-        assert torch.equal(draw(key, counter, n), rng.uniform(torch.Size([n]), key, counter, rng.VOLUME))
+        assert torch.equal(draw(key, counter, n), rng.uniform(torch.Size([n]), rng.stream_seed(key, counter, rng.VOLUME)))
 
 
 def test_uniform_never_reaches_one_and_normal_stays_finite():

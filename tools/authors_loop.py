@@ -55,10 +55,10 @@ class CounterDraws:
         self.counter = torch.zeros((), dtype=torch.int64)
 
     def normal(self, layer: int, shape: torch.Size) -> torch.Tensor:
-        return rng.normal(shape, self.keys[layer], self.counter, rng.REJUVENATE_THRESHOLD)
+        return rng.normal(shape, rng.stream_seed(self.keys[layer], self.counter, rng.REJUVENATE_THRESHOLD))
 
     def uniform(self, layer: int, shape: torch.Size) -> torch.Tensor:
-        return rng.uniform(shape, self.keys[layer], self.counter, rng.REJUVENATE_VALUE)
+        return rng.uniform(shape, rng.stream_seed(self.keys[layer], self.counter, rng.REJUVENATE_VALUE))
 
     def advance(self) -> None:
         self.counter = self.counter + 1

@@ -177,8 +177,8 @@ def torch_draws(seed: int) -> Iterator[None]:
     """
     draws = TorchDraws(torch.Generator().manual_seed(seed))
     saved = rng.uniform, rng.normal, kernels.enabled()
-    rng.uniform = lambda shape, key, counter, stream: draws.uniform(0, shape).to(key.device)
-    rng.normal = lambda shape, key, counter, stream: draws.normal(0, shape).to(key.device)
+    rng.uniform = lambda shape, seed, offset=0: draws.uniform(0, shape).to(seed.device)
+    rng.normal = lambda shape, seed, offset=0: draws.normal(0, shape).to(seed.device)
     kernels.set_enabled(False)
     try:
         yield

@@ -93,7 +93,7 @@ def temporal_update(
         return
     multipliers.sub_(1.0).mul_(config.fuzzy_lr_decay).add_(1.0)
     if update % (10 * freq) == 0:
-        u = rng.uniform(multipliers.shape, key, counter, rng.TEMPORAL, offset)
+        u = rng.uniform(multipliers.shape, rng.stream_seed(key, counter, rng.TEMPORAL), offset)
         multipliers.add_(0.1 * config.fuzzy_learning_rate_factor_nu * (2.0 * u - 1.0))
     multipliers.clamp_(config.fuzzy_lr_min, config.fuzzy_lr_max)
 
@@ -125,5 +125,5 @@ def activity_update(
     nu = (config.fuzzy_learning_rate_factor_nu * (2.0 - activity)).view(shape)
     if out_axis == 0:
         nu = nu[rows]
-    u = rng.uniform(multipliers.shape, key, counter, rng.ACTIVITY, offset)
+    u = rng.uniform(multipliers.shape, rng.stream_seed(key, counter, rng.ACTIVITY), offset)
     multipliers.copy_(torch.clamp(_uniform_around_one(u, nu), config.fuzzy_lr_min, config.fuzzy_lr_max))

@@ -29,7 +29,6 @@ def magnitude(weight: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(w), w.float().abs(), 0.0)
 
 
-@fused
 def rejuvenated(
     weight: torch.Tensor,
     dre: float,
@@ -45,13 +44,25 @@ def rejuvenated(
     For a shard of the layer (:mod:`biofx.sharding`, paper rule): ``offset``, its first flat
     index, keys the draws and ``max_magnitude`` is the layer's max|W|.
     """
+    seeds = (
+        rng.stream_seed(key, counter, rng.REJUVENATE_VALUE),
+        rng.stream_seed(key, counter, rng.REJUVENATE_THRESHOLD),
+        rng.stream_seed(key, counter + 0x7FFF, rng.REJUVENATE_VALUE),  # the log-normal rule's values
+    )
+    return _rejuvenated(weight, dre, seeds, sign, rule, offset, max_magnitude)
+
+
+@fused
+def _rejuvenated(weight, dre, seeds, sign, rule, offset, max_magnitude):
+    """:func:`rejuvenated` with its draws' seeds (``value, threshold, log-normal value``)."""
+    value_seed, threshold_seed, lognormal_seed = seeds
     w = weight.detach()
     finite = torch.isfinite(w)
     size = magnitude(w)
-    u = rng.uniform(w.shape, key, counter, rng.REJUVENATE_VALUE, offset)
+    u = rng.uniform(w.shape, value_seed, offset)
     if rule == "paper":
         max_w = size.amax() if max_magnitude is None else max_magnitude
-        threshold = rng.normal(w.shape, key, counter, rng.REJUVENATE_THRESHOLD, offset).abs() * (max_w / dre)
+        threshold = rng.normal(w.shape, threshold_seed, offset).abs() * (max_w / dre)
         replace = (threshold > size) | ~finite
         new = (u * max_w - max_w / 2.0) * 2.0  # U(−max|W|, max|W|), rounded as the authors' code does
         kept = w.float()
@@ -62,8 +73,8 @@ def rejuvenated(
         log_var = torch.log1p(std * std / (mean * mean))
         log_mean = torch.log(mean) - 0.5 * log_var
         probability = torch.exp(-dre * kept.abs() / std)
-        replace = (rng.uniform(w.shape, key, counter, rng.REJUVENATE_THRESHOLD, offset) < probability) | ~finite
-        z = rng.normal(w.shape, key, counter + 0x7FFF, rng.REJUVENATE_VALUE, offset)
+        replace = (rng.uniform(w.shape, threshold_seed, offset) < probability) | ~finite
+        z = rng.normal(w.shape, lognormal_seed, offset)
         new = torch.exp(log_mean + 0.5 * torch.sqrt(log_var) * z).clamp(-1.0, 1.0)
     if sign is not None:
         new = new.abs() * sign

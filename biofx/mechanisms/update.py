@@ -88,15 +88,16 @@ def scale_grad_for_step_(layer: LayerStep) -> None:
 
 
 def _kernel_args(layer: LayerStep) -> tuple:
-    return layer.key, layer.step, layer.fuzzy, layer.volume_args, layer.crystal_args, layer.offset, layer.mean_magnitude
+    seed = None if layer.volume_args is None else volume.seed(layer.key, layer.step)  # outside the kernel
+    return seed, layer.fuzzy, layer.volume_args, layer.crystal_args, layer.offset, layer.mean_magnitude
 
 
 @fused
 def scale_flat_step_(
-    before, after, grad, multipliers, key, step, fuzzy, volume_args, crystal_args, offset, mean_magnitude
+    before, after, grad, multipliers, seed, fuzzy, volume_args, crystal_args, offset, mean_magnitude
 ) -> None:  # fmt: skip
     """:func:`scale_step_` on flat tensors."""
-    factor, settled = _factor(before, grad, multipliers, key, step, fuzzy, volume_args, crystal_args, offset, mean_magnitude)
+    factor, settled = _factor(before, grad, multipliers, seed, fuzzy, volume_args, crystal_args, offset, mean_magnitude)
     w0 = before.float()
     after.copy_((w0 + factor * (after.float() - w0)).to(after.dtype))
     _crystallize(multipliers, settled, crystal_args)
@@ -104,19 +105,20 @@ def scale_flat_step_(
 
 @fused
 def scale_flat_grad_(
-    weight, grad, multipliers, key, step, fuzzy, volume_args, crystal_args, offset, mean_magnitude
+    weight, grad, multipliers, seed, fuzzy, volume_args, crystal_args, offset, mean_magnitude
 ) -> None:  # fmt: skip
     """:func:`scale_grad_for_step_` on flat tensors."""
-    factor, settled = _factor(weight, grad, multipliers, key, step, fuzzy, volume_args, crystal_args, offset, mean_magnitude)
+    factor, settled = _factor(weight, grad, multipliers, seed, fuzzy, volume_args, crystal_args, offset, mean_magnitude)
     grad.copy_((grad.float() * factor).to(grad.dtype))
     _crystallize(multipliers, settled, crystal_args)
 
 
-def _factor(before, grad, multipliers, key, step, fuzzy, volume_args, crystal_args, offset, mean_magnitude):
-    """The step's factor ``f·v`` of each weight and where it crystallizes (``None`` without)."""
+def _factor(before, grad, multipliers, seed, fuzzy, volume_args, crystal_args, offset, mean_magnitude):
+    """The step's factor ``f·v`` of each weight (``seed``: the volume noise's) and where it
+    crystallizes (``None`` without)."""
     factor = multipliers if fuzzy else torch.ones_like(before, dtype=torch.float32)
     if volume_args is not None:
-        factor = factor * volume.factor(before, key, step, *volume_args, offset)
+        factor = factor * volume.factor(before, seed, *volume_args, offset)
     if crystal_args is None:
         return factor, None
     return factor, crystallize.mask(before, grad.float() * factor, crystal_args[0], mean_magnitude)

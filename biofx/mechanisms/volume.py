@@ -16,25 +16,30 @@ from ..config import BioConfig
 from ..tiered_compile import fused
 
 
+def seed(key: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """The seed of a step's volume noise (:func:`biofx.rng.stream_seed`)."""
+    return rng.stream_seed(key, step, rng.VOLUME)
+
+
 def factor(
     weight: torch.Tensor,
-    key: torch.Tensor,
-    step: torch.Tensor,
+    seed: torch.Tensor,
     base_lr: float,
     stability_factor: float,
     lr_variability: float,
     offset: int = 0,
 ) -> torch.Tensor:
-    """``|N(μ, lr_variability·μ)|`` per weight, float32 (``weight`` from flat index ``offset`` of the layer's)."""
+    """``|N(μ, lr_variability·μ)|`` per weight, float32 (``weight`` from flat index ``offset`` of
+    the layer's; ``seed`` the step's, from :func:`seed`)."""
     magnitude = weight.detach().float().abs()
     mu = base_lr * torch.exp(-stability_factor * (magnitude / (magnitude + 1.0)))
-    z = rng.normal(weight.shape, key, step, rng.VOLUME, offset)
+    z = rng.normal(weight.shape, seed, offset)
     return mu * (1.0 + lr_variability * z).abs()
 
 
 @fused
-def _scale_flat(grad, weight, key, step, base_lr, stability_factor, lr_variability, offset):
-    return (grad.float() * factor(weight, key, step, base_lr, stability_factor, lr_variability, offset)).to(grad.dtype)
+def _scale_flat(grad, weight, seed, base_lr, stability_factor, lr_variability, offset):
+    return (grad.float() * factor(weight, seed, base_lr, stability_factor, lr_variability, offset)).to(grad.dtype)
 
 
 def scale(
@@ -53,7 +58,7 @@ def scale(
     the noise is indexed by the flat element index; a shard's starts at ``offset``).
     """
     flat = _scale_flat(
-        grad.reshape(-1), weight.detach().reshape(-1), key, step, base_lr, stability_factor, lr_variability, offset
+        grad.reshape(-1), weight.detach().reshape(-1), seed(key, step), base_lr, stability_factor, lr_variability, offset
     )
     return flat.view(grad.shape)
 

@@ -13,7 +13,7 @@ from biofx.mechanisms import volume
 def test_factor_statistics_match_formula():
     w = torch.linspace(-3, 3, 7).repeat_interleave(20000).view(7, -1)
     key, step = torch.tensor(11), torch.tensor(0)
-    f = volume.factor(w, key, step, base_lr=0.1, stability_factor=2.0, lr_variability=0.2)
+    f = volume.factor(w, volume.seed(key, step), base_lr=0.1, stability_factor=2.0, lr_variability=0.2)
     mu = 0.1 * torch.exp(-2.0 * w.abs() / (w.abs() + 1))
     # |N(mu, 0.2 mu)| has mean ~ mu (folding is negligible at 5 sigma) and std 0.2 mu
     torch.testing.assert_close(f.mean(1), mu[:, 0], rtol=5e-3, atol=0)
@@ -24,9 +24,9 @@ def test_factor_statistics_match_formula():
 def test_fresh_every_step_same_within_step():
     w = torch.randn(50, 50)
     key = torch.tensor(5)
-    a = volume.factor(w, key, torch.tensor(1), 0.1, 2.0, 0.2)
-    b = volume.factor(w, key, torch.tensor(1), 0.1, 2.0, 0.2)
-    c = volume.factor(w, key, torch.tensor(2), 0.1, 2.0, 0.2)
+    a = volume.factor(w, volume.seed(key, torch.tensor(1)), 0.1, 2.0, 0.2)
+    b = volume.factor(w, volume.seed(key, torch.tensor(1)), 0.1, 2.0, 0.2)
+    c = volume.factor(w, volume.seed(key, torch.tensor(2)), 0.1, 2.0, 0.2)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -46,7 +46,7 @@ def test_explicit_and_automatic_give_plain_grad_times_factor():
     auto(x).sum().backward()
     for e, a, p in zip(explicit.bio_layers(), auto.bio_layers(), [plain[0], plain[2]]):
         cfg = e.config
-        expected = p.weight.grad * volume.factor(p.weight, e.rng_key, e.step, cfg.base_lr, cfg.stability_factor, cfg.lr_variability)
+        expected = p.weight.grad * volume.factor(p.weight, volume.seed(e.rng_key, e.step), cfg.base_lr, cfg.stability_factor, cfg.lr_variability)
         torch.testing.assert_close(e.weight.grad, expected)
         torch.testing.assert_close(a.weight.grad, expected)
 
