@@ -44,6 +44,14 @@ class Distribution(str, enum.Enum):
 MECHANISMS = registry.automatic_names()
 #: Where the automatic multiplicative mechanisms act (``BioConfig.acts_on``).
 ACTS_ON = ("update", "gradient")
+#: How the multipliers are kept (``BioConfig.fuzzy_lr_storage``).
+FUZZY_LR_STORAGE = ("buffer", "counter")
+#: The distributions whose f is a pure function of the layer and the weight's index, so that
+#: ``fuzzy_lr_storage="counter"`` can recompute it.
+COUNTER_DISTRIBUTIONS = (
+    Distribution.BASELINE, Distribution.UNIFORM, Distribution.NORMAL, Distribution.LOGNORMAL,
+    Distribution.LAYER_ADAPTIVE,
+)  # fmt: skip
 
 # Short names accepted for ``weight_splitting_activation_function`` (config files, CLI).
 _ACTIVATIONS = {
@@ -113,6 +121,13 @@ class BioConfig:
         activity_momentum: momentum of the running mean activity ā per optimizer step.
         rejuvenate_every: rejuvenate automatically after every N-th optimizer step (0 = never).
         rejuvenation_rule: ``"paper"`` (default) or ``"lognormal"`` (the reference's later rule).
+        fuzzy_lr_storage: how the multipliers f are kept. ``"buffer"`` (default): the float32
+            buffer ``fuzzy_lr``, 4 bytes per weight. ``"counter"``: f is recomputed at each use
+            from biofx's counter-based generator, ``f = f₀·dampening_factor^c``, with only the
+            per-weight count c of crystallizations stored (``fuzzy_dampenings``, 1 byte per
+            weight for ``dampening_factor`` ≤ 0.66, else 2 or 4). For the static
+            distributions (BASELINE, UNIFORM, NORMAL, LOGNORMAL, LAYER_ADAPTIVE); f₀ is then
+            drawn by biofx's generator rather than ``torch.rand``.
         seed: seed of every draw biofx makes; ``None`` takes one from ``torch``'s global RNG.
     """
 
@@ -144,6 +159,7 @@ class BioConfig:
     activity_momentum: float = 0.9
     rejuvenate_every: int = 0
     rejuvenation_rule: str = "paper"
+    fuzzy_lr_storage: str = "buffer"
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -167,6 +183,17 @@ class BioConfig:
         if self.rejuvenation_rule not in ("paper", "lognormal"):
             raise ValueError(
                 f"BioConfig.rejuvenation_rule must be 'paper' or 'lognormal', got {self.rejuvenation_rule!r}"
+            )
+        if self.fuzzy_lr_storage not in FUZZY_LR_STORAGE:
+            raise ValueError(
+                f"BioConfig.fuzzy_lr_storage must be 'buffer' or 'counter', got {self.fuzzy_lr_storage!r}"
+            )
+        if self.fuzzy_lr_storage == "counter" and self.fuzzy_lr_distribution not in COUNTER_DISTRIBUTIONS:
+            names = ", ".join(d.name for d in COUNTER_DISTRIBUTIONS)
+            raise ValueError(
+                f"BioConfig.fuzzy_lr_storage='counter' recomputes f from the counter-based generator, which "
+                f"{self.fuzzy_lr_distribution.name} cannot use (it is not a pure function of the layer and the "
+                f"weight's index); use one of {names}, or fuzzy_lr_storage='buffer'"
             )
         if self.dale_mode not in DALE_MODES:
             raise ValueError(f"BioConfig.dale_mode must be 'dann' or 'column', got {self.dale_mode!r}")

@@ -9,9 +9,11 @@ All are graph leaves (``biofx._leaf``), so re-tracing a bio model keeps them as 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
-from . import sharding
-from . import registry
+
+from . import registry, rng, sharding
 from ._leaf import graph_leaf
 
 from .mechanisms import dale, fuzzy, volume
@@ -33,17 +35,21 @@ def dale_inhibit(weight: torch.Tensor, w_ei: torch.Tensor, w_ie: torch.Tensor, o
 
 class _FuzzyGrad(torch.autograd.Function):
     @staticmethod
-    def forward(weight, multipliers):
+    def forward(weight, multipliers, key, law):
         return weight.view_as(weight)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
+        _, multipliers, key, ctx.law = inputs
+        ctx.save_for_backward(multipliers, key)
 
     @staticmethod
     def backward(ctx, grad):
-        (multipliers,) = ctx.saved_tensors
-        return fuzzy.apply(grad, multipliers), None
+        multipliers, key = ctx.saved_tensors
+        if ctx.law is not None:  # fuzzy_lr_storage="counter": f = f₀·d^c, from the counts
+            seed = rng.stream_seed(key, key.new_zeros(()), rng.FUZZY)
+            multipliers = fuzzy.values(fuzzy.Recomputed(multipliers, seed, ctx.law)).view_as(grad)
+        return fuzzy.apply(grad, multipliers), None, None, None
 
 
 class _VolumeGrad(torch.autograd.Function):
@@ -64,12 +70,17 @@ class _VolumeGrad(torch.autograd.Function):
 
 
 @graph_leaf(registry.FUZZY.name)
-def fuzzy_grad(weight: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+def fuzzy_grad(
+    weight: torch.Tensor, multipliers: torch.Tensor, key: Optional[torch.Tensor] = None, law: Optional[tuple] = None
+) -> torch.Tensor:
     """Identity forward; backward ``g ← g·f`` (synaptic diversity).
 
-    Under FSDP the weight is whole here and ``f`` sharded: it is gathered (:func:`biofx.sharding.full`).
+    ``multipliers`` is f, or with ``law`` (``fuzzy_lr_storage="counter"``) the counts c of
+    ``f = f₀·d^c``, f₀ recomputed from the layer's ``key``
+    (:class:`~biofx.mechanisms.fuzzy.Recomputed`). Under FSDP the weight is whole here and the
+    multipliers sharded: they are gathered (:func:`biofx.sharding.full`).
     """
-    return _FuzzyGrad.apply(weight, sharding.full(multipliers))
+    return _FuzzyGrad.apply(weight, sharding.full(multipliers), key, law)
 
 
 @graph_leaf(registry.VOLUME.name)

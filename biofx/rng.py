@@ -35,6 +35,7 @@ REJUVENATE_THRESHOLD = 2
 REJUVENATE_VALUE = 3
 TEMPORAL = 4
 ACTIVITY = 5
+FUZZY = 6  # the static multipliers f₀ of fuzzy_lr_storage="counter" (counter 0)
 
 
 def _signed(x: int) -> int:

@@ -4,22 +4,27 @@ One ``BioSynapses`` module sits beside every converted layer (under the bio mode
 ``biofx_state`` dict). It owns the layer's bio state as registered buffers, so
 ``state_dict()`` holds all of it and loads with ``torch.load(weights_only=True)``:
 
-=================  =============  ==================================================
-buffer             shape, dtype   meaning
-=================  =============  ==================================================
-``fuzzy_lr``       weight, f32    fuzzy learning-rate multipliers f
-``rng_key``        (), int64      the layer's counter-based RNG key (from the seed)
-``step``           (), int64      optimizer steps taken (keys the volume noise)
-``updates``        (), int64      fuzzy-rate updates done (TEMPORAL/ACTIVITY)
-``rejuvenations``  (), int64      rejuvenations done (keys their noise)
-``dale_sign``      bcast, f32     ±1 per presynaptic unit (Dale's principle only; +1 in DANN mode)
-``activity_*``     (C,), f32      activity statistics (ACTIVITY / synaptic scaling only)
-=================  =============  ==================================================
+====================  =============  ==================================================
+buffer                shape, dtype   meaning
+====================  =============  ==================================================
+``fuzzy_lr``          weight, f32    fuzzy learning-rate multipliers f
+                                     (``fuzzy_lr_storage="buffer"``, the default)
+``fuzzy_dampenings``  weight, uint8  with ``fuzzy_lr_storage="counter"``: each weight's
+                                     count c of crystallizations, f = f₀·d^c with f₀
+                                     recomputed (int16/int32 for d > 0.66)
+``rng_key``           (), int64      the layer's counter-based RNG key (from the seed)
+``step``              (), int64      optimizer steps taken (keys the volume noise)
+``updates``           (), int64      fuzzy-rate updates done (TEMPORAL/ACTIVITY)
+``rejuvenations``     (), int64      rejuvenations done (keys their noise)
+``dale_sign``         bcast, f32     ±1 per presynaptic unit (Dale's principle only; +1 in DANN mode)
+``activity_*``        (C,), f32      activity statistics (ACTIVITY / synaptic scaling only)
+====================  =============  ==================================================
 
 Under FSDP2 (``fully_shard``) the step-level mechanisms act on each rank's shard of the weight
-and ``fuzzy_lr`` becomes a DTensor sharded like it (:mod:`biofx.sharding`).
+and ``fuzzy_lr`` (or ``fuzzy_dampenings``) becomes a DTensor sharded like it (:mod:`biofx.sharding`).
 
-Bio state stays float32 when the model is cast (``model.half()``) or runs under autocast.
+Bio state keeps its dtypes (float32, the counts integer) when the model is cast (``model.half()``)
+or runs under autocast.
 The module is also the activity probe: called on the layer's output in the forward pass,
 it counts activity in training mode and returns the output unchanged.
 
@@ -118,7 +123,11 @@ class BioSynapses(nn.Module):
         key = rng.layer_key(seed, index)
         weight = layer.weight
         device = weight.device
-        self.register_buffer("fuzzy_lr", fuzzy.initial_multipliers(weight, config, index, total, key))
+        if config.fuzzy_lr_storage == "counter":
+            dtype, _ = fuzzy.dampening_count_type(config.dampening_factor, config.fuzzy_lr_max)
+            self.register_buffer("fuzzy_dampenings", torch.zeros(weight.shape, dtype=dtype, device=device))
+        else:
+            self.register_buffer("fuzzy_lr", fuzzy.initial_multipliers(weight, config, index, total, key))
         self.register_buffer("rng_key", torch.tensor(key, dtype=torch.int64, device=device))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=device))
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=device))
@@ -175,10 +184,19 @@ class BioSynapses(nn.Module):
         self.fuzzy_updates.sync()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        where = self._shard()  # under FSDP, fuzzy_lr is sharded like the weight before it loads
-        key = prefix + "fuzzy_lr"
+        where = self._shard()  # under FSDP, the per-weight state is sharded like the weight before it loads
+        key = prefix + self._per_weight
         if where is not None and key in state_dict and not sharding.is_sharded(state_dict[key]):
             state_dict[key] = sharding.shard_like(state_dict[key], where)  # a whole one: this rank's rows
+        other = "fuzzy_lr" if self._per_weight == "fuzzy_dampenings" else "fuzzy_dampenings"
+        if prefix + other in state_dict and key not in state_dict:
+            ours = self.config.fuzzy_lr_storage
+            theirs = "counter" if ours == "buffer" else "buffer"
+            raise RuntimeError(
+                f"the checkpoint holds {prefix + other}: it was saved with fuzzy_lr_storage={theirs!r}, and this "
+                f"model keeps its multipliers with fuzzy_lr_storage={ours!r}; transform the model with "
+                f"fuzzy_lr_storage={theirs!r} to load it"
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._sync_counters()  # one sync at load time, none per step
 
@@ -205,13 +223,41 @@ class BioSynapses(nn.Module):
     def _shard(self) -> Optional[sharding.Layout]:
         """The shard of the weight this rank holds under FSDP2 (``None`` when it is whole).
 
-        The first time the weight is seen sharded, ``fuzzy_lr`` (the same full tensor on every
-        rank until then) becomes a DTensor sharded like the weight: each rank keeps its rows.
+        The first time the weight is seen sharded, the per-weight state (``fuzzy_lr`` or
+        ``fuzzy_dampenings``, the same full tensor on every rank until then) becomes a DTensor
+        sharded like the weight: each rank keeps its rows.
         """
         where = sharding.layout(self.weight, f"{self.layer_name}.weight")
-        if where is not None and not sharding.is_sharded(self.fuzzy_lr):
-            self._buffers["fuzzy_lr"] = sharding.shard_like(self.fuzzy_lr, where)
+        state = self._buffers[self._per_weight]
+        if where is not None and not sharding.is_sharded(state):
+            self._buffers[self._per_weight] = sharding.shard_like(state, where)
         return where
+
+    @property
+    def _per_weight(self) -> str:
+        """The name of the buffer holding the multipliers' per-weight state."""
+        return "fuzzy_dampenings" if self.config.fuzzy_lr_storage == "counter" else "fuzzy_lr"
+
+    def _multipliers(self, where: Optional[sharding.Layout]):
+        """This rank's multipliers for the kernels: the ``fuzzy_lr`` tensor, or a
+        :class:`~biofx.mechanisms.fuzzy.Recomputed` (``where``: from :meth:`_shard`)."""
+        state = sharding.local(self._buffers[self._per_weight])
+        if self.config.fuzzy_lr_storage == "buffer":
+            return state
+        seed = rng.stream_seed(self.rng_key, self.step.new_zeros(()), rng.FUZZY)
+        return fuzzy.Recomputed(state, seed, self.fuzzy_law, sharding.offset(where))
+
+    @property
+    def fuzzy_law(self) -> tuple:
+        """The constants of the recomputed f (:func:`~biofx.mechanisms.fuzzy.counter_law`)."""
+        return fuzzy.counter_law(self.config, self.index, self._drawn_from[0])
+
+    @no_grad
+    def fuzzy_multipliers(self) -> torch.Tensor:
+        """The multipliers f as a float32 tensor of the weight's shape (this rank's shard under
+        FSDP): ``fuzzy_lr`` itself, or f₀·d^c computed afresh with ``fuzzy_lr_storage="counter"``."""
+        multipliers = self._multipliers(self._shard())
+        return fuzzy.values(multipliers).view(sharding.local(self.weight).shape)
 
     def _require_whole(self, what: str) -> None:
         if sharding.is_sharded(self.weight):
@@ -274,7 +320,7 @@ class BioSynapses(nn.Module):
     def fuzzy_learning_rates(self) -> None:
         """Synaptic diversity on ``.grad``: ``g ← g·f``."""
         self._shard()
-        grad, multipliers = self.require_grad(), sharding.local(self.fuzzy_lr)
+        grad, multipliers = self.require_grad(), self.fuzzy_multipliers()
         if grad.dtype == torch.float32:
             grad.mul_(multipliers)
         else:
@@ -295,7 +341,7 @@ class BioSynapses(nn.Module):
         where = self._shard()
         weight = sharding.local(self.weight)
         mean_magnitude = None if where is None else sharding.layer_mean(weight.detach().float().abs(), where)
-        crystallize.crystallize_(sharding.local(self.fuzzy_lr), weight, self.require_grad(), self.config, mean_magnitude)
+        crystallize.crystallize_(self._multipliers(where), weight, self.require_grad(), self.config, mean_magnitude)
 
     @no_grad
     def scale_grad(self) -> None:
@@ -328,7 +374,7 @@ class BioSynapses(nn.Module):
         return update.LayerStep(
             weight=weight,
             grad=sharding.local(self.weight.grad),
-            multipliers=sharding.local(self.fuzzy_lr),
+            multipliers=self._multipliers(where),
             key=self.rng_key,
             step=self.step,
             fuzzy=self.is_automatic(registry.FUZZY),

@@ -25,10 +25,12 @@ EAGER = {
     "plain_adam": None,
     "biofx_default_adam": "plain_adam",
     "biofx_automatic_adam": "plain_adam",
+    "biofx_default_counter": "plain",
+    "biofx_automatic_counter": "plain",
 }
 VARIANT_KEYS = {
     "median_ms", "min_ms", "max_ms", "steps", "round_ms", "baseline", "ratio", "ratio_lo", "ratio_hi",
-    "first_step_s", "first_step_cache", "warmup_s", "step_peak_bytes", "params_finite",
+    "first_step_s", "first_step_cache", "warmup_s", "step_peak_bytes", "state_bytes_per_weight", "params_finite",
 }
 META_KEYS = {
     "timestamp", "device", "device_name", "cpu_count", "threads", "torch", "biofx", "reference", "python",
@@ -163,6 +165,12 @@ def test_bio_state_bytes_match_the_transformed_model(report, bench):
         assert result["bio_weights"] == sum(layer.weight.numel() for layer in layers)
         assert result["bio_state_bytes_per_weight"] == result["bio_state_bytes"] / result["bio_weights"]
         assert result["parameters"] == sum(p.numel() for p in model.parameters())
+        variants = result["variants"]
+        assert variants["plain"]["state_bytes_per_weight"] is None
+        assert variants["biofx_explicit"]["state_bytes_per_weight"] == result["bio_state_bytes_per_weight"]
+        scalars = 32 * len(layers) / result["bio_weights"]  # the four 0-d int64 counters and key per layer
+        assert variants["biofx_default"]["state_bytes_per_weight"] == pytest.approx(4 + scalars)
+        assert variants["biofx_default_counter"]["state_bytes_per_weight"] == pytest.approx(1 + scalars)
 
 
 def test_table_lists_every_variant(report, bench):

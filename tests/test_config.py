@@ -100,6 +100,7 @@ BAD_VALUES = [
     ("rejuvenate_every", -1, ValueError),
     ("acts_on", "weights", ValueError),
     ("rejuvenation_rule", "exponential", ValueError),
+    ("fuzzy_lr_storage", "float16", ValueError),
     ("seed", -3, ValueError),
     ("seed", "42", TypeError),
 ]
@@ -138,7 +139,7 @@ NON_DEFAULT = dict(
     base_lr=0.2,
     stability_factor=1.5,
     lr_variability=0.1,
-    fuzzy_lr_distribution=Distribution.BETA,
+    fuzzy_lr_distribution=Distribution.LOGNORMAL,
     fuzzy_lr_min=0.25,
     fuzzy_lr_max=3.0,
     fuzzy_lr_dynamic=True,
@@ -155,6 +156,7 @@ NON_DEFAULT = dict(
     rejuvenate_every=10,
     acts_on="gradient",
     rejuvenation_rule="lognormal",
+    fuzzy_lr_storage="counter",
     seed=1234,
 )
 

@@ -55,6 +55,10 @@ CONFIGS = {
 # before the step (the other modes train with momentum: the update is rescaled after the step)
 CONFIGS["update-plain-sgd"] = CONFIGS["update"]
 MOMENTUM = {"update-plain-sgd": 0.0}
+# "update" with f recomputed from the counter: each shard draws f₀ at its own flat indices and
+# counts its crystallizations (the counts sharded like the weight)
+CONFIGS["update-counter"] = dict(CONFIGS["update"], fuzzy_lr_storage="counter")
+PER_WEIGHT = ("fuzzy_lr", "fuzzy_dampenings")  # the per-weight state, by fuzzy_lr_storage
 
 
 class Net(nn.Module):
@@ -160,7 +164,8 @@ def _worker(rank, port, out_dir, fused):
             bio = make(mode)
             fully_shard(bio, mesh=mesh)
             trajectory = run(mode, bio, rank)
-            local_rows = bio.biofx_state.fc2.fuzzy_lr.to_local().shape[0]  # the multipliers are sharded
+            state = bio.biofx_state.fc2
+            local_rows = getattr(state, state._per_weight).to_local().shape[0]  # the multipliers are sharded
             torch.save((trajectory, local_rows, _resumed(mode, mesh, bio, trajectory[-1][0])),
                        os.path.join(out_dir, f"{mode}-rank{rank}.pt"))
         torch.save(_errors(mesh), os.path.join(out_dir, f"errors-rank{rank}.pt"))
@@ -201,7 +206,7 @@ def test_fsdp_equals_one_process_on_the_full_batch(spawned, mode):
         assert state.keys() == last.keys() and all(torch.equal(state[k], last[k]) for k in last)
     assert int(last["biofx_state.fc1.step"]) == STEPS
     assert int(last["biofx_state.fc1.rejuvenations"]) == (STEPS if mode == "explicit" else STEPS // 2)
-    changed = [k for k in last if k.endswith("fuzzy_lr") and not torch.equal(last[k], initial[k])]
+    changed = [k for k in last if k.endswith(PER_WEIGHT) and not torch.equal(last[k], initial[k])]
     assert changed  # crystallization (and the ACTIVITY redraw) acted on the multipliers
     if mode == "explicit":
         assert sum(count for _, count in rank0) > 0  # rejuvenation replaced weights

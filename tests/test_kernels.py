@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import biofx
 from biofx import kernels
-from biofx.mechanisms import crystallize, rejuvenate, volume
+from biofx.mechanisms import crystallize, fuzzy, rejuvenate, volume
 
 
 def test_fused_equals_unfused(fused_kernels):
@@ -30,6 +30,14 @@ def test_fused_equals_unfused(fused_kernels):
     new_u, count_u = rejuvenate.rejuvenated(w, 8.0, key, step)
     torch.testing.assert_close(new, new_u)
     assert int(count) == int(count_u) > 0
+    # fuzzy_lr_storage="counter": f₀·d^c recomputed (a normal f₀, counts up to the cap)
+    counts = torch.randint(0, 256, (37 * 23,), dtype=torch.uint8)
+    recomputed = fuzzy.Recomputed(counts, torch.tensor(77), ("normal", 0.2, 0.5, 2.0, 0.9, 255), 5)
+    kernels.set_enabled(True, after_calls=0)
+    f = fuzzy.values(recomputed)
+    kernels.set_enabled(False)
+    torch.testing.assert_close(f, fuzzy.values(recomputed), rtol=1e-6, atol=0)
+    assert f.shape == (37 * 23,) and (f > 0).any() and (f < 2.0 * 0.9).any()
 
 
 # plain SGD scales the gradient before the step, momentum SGD the update after it

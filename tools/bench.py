@@ -17,6 +17,9 @@ after the step). Every variant trains a copy of the same model
 ``plain_adam``                 ``plain`` trained with Adam instead of SGD
 ``biofx_default_adam``         ``biofx_default`` with Adam, against ``plain_adam``
 ``biofx_automatic_adam``       ``biofx_automatic`` with Adam, against ``plain_adam``
+``biofx_default_counter``      ``biofx_default`` with ``fuzzy_lr_storage="counter"``: f
+                               recomputed at each step, 1 byte of state per weight
+``biofx_automatic_counter``    ``biofx_automatic`` with ``fuzzy_lr_storage="counter"``
 ``plain_compiled``             ``torch.compile(plain, fullgraph=True)``
 ``biofx_automatic_compiled``   ``torch.compile(biofx_automatic, fullgraph=True)``
 ``reference``                  ``bio_transformations.BioConverter`` (0.0.5), calling the same
@@ -202,8 +205,8 @@ def build_variants(name: str, small: bool, device: torch.device, compile_: bool)
         torch.manual_seed(0)
         return factory(small)[0].to(device)
 
-    def bio(automatic: tuple) -> nn.Module:
-        return biofx.transform(fresh(), automatic=automatic, seed=0)
+    def bio(automatic: tuple, **options) -> nn.Module:
+        return biofx.transform(fresh(), automatic=automatic, seed=0, **options)
 
     variants = []
 
@@ -221,6 +224,8 @@ def build_variants(name: str, small: bool, device: torch.device, compile_: bool)
     add("plain_adam", fresh(), None, optimizer="adam")
     add("biofx_default_adam", bio(biofx.BioConfig().automatic), "plain_adam", optimizer="adam")
     add("biofx_automatic_adam", bio(AUTOMATIC), "plain_adam", optimizer="adam")
+    add("biofx_default_counter", bio(biofx.BioConfig().automatic, fuzzy_lr_storage="counter"), "plain")
+    add("biofx_automatic_counter", bio(AUTOMATIC, fuzzy_lr_storage="counter"), "plain")
     if compile_:
         plain = fresh()
         add("plain_compiled", plain, None, trained=torch.compile(plain, fullgraph=True))
@@ -395,11 +400,19 @@ def run_bench(name: str, args: argparse.Namespace, device: torch.device) -> dict
             "first_step_cache": variant.first_step_cache,
             "warmup_s": variant.warmup_s,
             "step_peak_bytes": _step_peak_bytes(variant, device),
+            "state_bytes_per_weight": _state_bytes_per_weight(variant.model),
             "params_finite": all(bool(torch.isfinite(p).all()) for p in variant.model.parameters()),
         }
         if args.profile:
             results[variant.name]["profile"] = profile_ops(variant.step, device, args.profile)
     return {**info, "variants": results, "round_order": orders, "skipped": skipped}
+
+
+def _state_bytes_per_weight(model: nn.Module) -> Optional[float]:
+    """biofx's bio state per bio weight (``None`` for a model biofx did not transform)."""
+    if not hasattr(model, "bio_state_bytes"):
+        return None
+    return model.bio_state_bytes() / sum(layer.weight.numel() for layer in model.bio_layers())
 
 
 def profile_ops(step: Callable[[], None], device: torch.device, top: int, steps: int = 5) -> list:
@@ -475,7 +488,7 @@ def _cpu_name() -> str:
 
 _HEADER = (
     f"{'bench':<5} {'variant':<26} {'median ms':>10} {'min ms':>8} {'ratio':>7} {'range':>11}  {'vs':<15} "
-    f"{'1st step':>9} {'step peak':>10}"
+    f"{'1st step':>9} {'step peak':>10} {'state':>7}"
 )
 
 
@@ -485,7 +498,8 @@ def format_meta(meta: dict) -> str:
         f"device: {meta['device']} ({meta['device_name']}), threads {meta['threads']}, torch {meta['torch']}, "
         f"{meta['steps']} timed steps ({meta['rounds']} rounds, rotating order) after {meta['warmup']} warmup\n"
         f"ratio: median over rounds of (round median / baseline's round median); range: min-max of those; "
-        f"1st step: first warmup step (compile time when compiled); step peak: {meta['memory_method']}"
+        f"1st step: first warmup step (compile time when compiled); step peak: {meta['memory_method']}; "
+        f"state: biofx's bio state in bytes per bio weight"
     )
 
 
@@ -506,9 +520,10 @@ def format_bench(bench: str, result: dict, cold_compile: bool = False) -> str:
         ratio = f"{v['ratio']:.2f}x" if v["ratio"] is not None else "-"
         spread = f"{v['ratio_lo']:.2f}-{v['ratio_hi']:.2f}" if v["ratio"] is not None else "-"
         peak = _size(v["step_peak_bytes"])
+        state = f"{v['state_bytes_per_weight']:.2f} B" if v["state_bytes_per_weight"] is not None else "-"
         lines.append(
             f"{bench:<5} {name:<26} {v['median_ms']:>10.3f} {v['min_ms']:>8.3f} {ratio:>7} {spread:>11}  "
-            f"{v['baseline'] or '':<15} {v['first_step_s']:>7.2f} s {peak:>10}"
+            f"{v['baseline'] or '':<15} {v['first_step_s']:>7.2f} s {peak:>10} {state:>7}"
         )
     if "biofx_automatic_compiled" in variants and "plain_compiled" in variants:
         bio, plain = variants["biofx_automatic_compiled"], variants["plain_compiled"]

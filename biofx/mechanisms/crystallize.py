@@ -2,7 +2,8 @@
 
 On the step's whole gradient g: where ``|g|/|w| < crystal_thresh`` (already well optimized)
 or ``|g| > mean|w|`` (a strong learning signal, mean over the layer), the weight's fuzzy
-multiplier is dampened, ``f ← f·dampening_factor``. The change persists.
+multiplier is dampened, ``f ← f·dampening_factor``. The change persists (in ``fuzzy_lr``, or
+as a count of dampenings with ``fuzzy_lr_storage="counter"``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Optional
 import torch
 
 from ..config import BioConfig
-from ..tiered_compile import flat_views, fused
+from ..tiered_compile import fused
+from . import fuzzy
 
 
 def mask(
@@ -30,26 +32,28 @@ def mask(
 
 @fused
 def crystallize_flat_(
-    multipliers: torch.Tensor,
+    multipliers,
     weight: torch.Tensor,
     grad: torch.Tensor,
     crystal_thresh: float,
     dampening: float,
     mean_magnitude: Optional[torch.Tensor] = None,
 ) -> None:
-    """One crystallization of flat multipliers, in place (one pass, no host sync, no indexing)."""
-    multipliers.mul_(torch.where(mask(weight, grad, crystal_thresh, mean_magnitude), dampening, 1.0))
+    """One crystallization of flat multipliers (a tensor or a flat
+    :class:`~biofx.mechanisms.fuzzy.Recomputed`), in place (one pass, no host sync, no indexing)."""
+    fuzzy.dampen_(multipliers, mask(weight, grad, crystal_thresh, mean_magnitude), dampening)
 
 
 def crystallize_(
-    multipliers: torch.Tensor,
+    multipliers,
     weight: torch.Tensor,
     grad: torch.Tensor,
     config: BioConfig,
     mean_magnitude: Optional[torch.Tensor] = None,
 ) -> None:
-    """Dampen ``multipliers`` in place where :func:`mask` holds (on flat views: one kernel for all layers)."""
-    with flat_views(multipliers) as (flat,):
+    """Dampen ``multipliers`` (the ``fuzzy_lr`` tensor or a :class:`~biofx.mechanisms.fuzzy.Recomputed`)
+    in place where :func:`mask` holds (on flat views: one kernel for all layers)."""
+    with fuzzy.flat_multipliers(multipliers) as flat:
         crystallize_flat_(
             flat, weight.detach().reshape(-1), grad.reshape(-1), config.crystal_thresh, config.dampening_factor,
             mean_magnitude,

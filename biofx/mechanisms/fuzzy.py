@@ -20,10 +20,14 @@ ACTIVITY            1, then rows redrawn from unit activity (:func:`activity_upd
 
 from __future__ import annotations
 
+import contextlib
+from typing import NamedTuple
+
 import torch
 
 from .. import rng
 from ..config import BioConfig, Distribution
+from ..tiered_compile import flat_views, fused
 
 
 def _uniform_around_one(rand01: torch.Tensor, nu) -> torch.Tensor:
@@ -61,9 +65,7 @@ def initial_multipliers(
             a = torch.tensor(1.0 / nu)
             f = 1.0 + (2.0 * torch.distributions.Beta(a, a).sample(shape) - 1.0) * nu
         elif dist is Distribution.LAYER_ADAPTIVE:
-            index = config.fuzzy_lr_layer_index if config.fuzzy_lr_layer_index >= 0 else layer_index
-            total = config.fuzzy_lr_total_layers if config.fuzzy_lr_total_layers > 0 else total_layers
-            f = _uniform_around_one(torch.rand(shape), nu * (1.0 - 0.5 * index / total))
+            f = _uniform_around_one(torch.rand(shape), _layer_nu(config, layer_index, total_layers))
         elif dist is Distribution.WEIGHT_ADAPTIVE:
             magnitude = w.abs()
             nu_w = nu * torch.clamp(2.0 - magnitude / (magnitude.mean() + 1e-8), 0.5, 1.5)
@@ -72,6 +74,105 @@ def initial_multipliers(
             raise NotImplementedError(dist)
     f = torch.clamp(f, config.fuzzy_lr_min, config.fuzzy_lr_max)
     return f.to(device=weight.device, dtype=torch.float32)
+
+
+def _layer_nu(config: BioConfig, layer_index: int, total_layers: int) -> float:
+    """LAYER_ADAPTIVE's ``ν_l = ν·(1 − 0.5·l/L)``."""
+    index = config.fuzzy_lr_layer_index if config.fuzzy_lr_layer_index >= 0 else layer_index
+    total = config.fuzzy_lr_total_layers if config.fuzzy_lr_total_layers > 0 else total_layers
+    return config.fuzzy_learning_rate_factor_nu * (1.0 - 0.5 * index / total)
+
+
+# -- fuzzy_lr_storage="counter": f recomputed at each use, crystallization counted ----------
+class Recomputed(NamedTuple):
+    """A layer's multipliers kept as ``f = f₀·d^c`` (``BioConfig.fuzzy_lr_storage="counter"``).
+
+    f₀ is drawn by :mod:`biofx.rng` from ``seed`` (the layer's :data:`~biofx.rng.FUZZY`
+    stream) at each weight's flat index (from ``offset`` for a shard), so it is recomputed
+    rather than stored; ``dampenings`` counts each weight's crystallizations (c, an integer
+    tensor of the weight's shape); ``law`` is :func:`counter_law`'s.
+    """
+
+    dampenings: torch.Tensor
+    seed: torch.Tensor
+    law: tuple
+    offset: int = 0
+
+
+def counter_law(config: BioConfig, layer_index: int, total_layers: int) -> tuple:
+    """``(distribution, ν, f_min, f_max, d, c_max)``, the constants of a layer's recomputed f.
+
+    The count c saturates at ``c_max`` (255, 32767 or 2³¹ − 1: the first count type in which
+    ``f_max·d^c_max`` is 0 in float32), so a saturated count gives the f repeated
+    multiplication reaches.
+    """
+    dist = config.fuzzy_lr_distribution
+    nu = config.fuzzy_learning_rate_factor_nu
+    if dist is Distribution.LAYER_ADAPTIVE:
+        dist, nu = Distribution.UNIFORM, _layer_nu(config, layer_index, total_layers)
+    d = config.dampening_factor
+    _, cap = dampening_count_type(d, config.fuzzy_lr_max)
+    return dist.value, nu, config.fuzzy_lr_min, config.fuzzy_lr_max, d, cap
+
+
+def dampening_count_type(dampening: float, f_max: float) -> tuple:
+    """``(dtype, c_max)`` of the crystallization counts: the smallest integer type whose largest
+    value c_max dampens every f to 0 in float32 (uint8 for ``dampening`` ≤ 0.66)."""
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        cap = torch.iinfo(dtype).max
+        if float(torch.tensor(f_max) * torch.tensor(dampening) ** cap) == 0.0:
+            return dtype, cap
+    return torch.int32, torch.iinfo(torch.int32).max
+
+
+def drawn(numel: int, seed: torch.Tensor, law: tuple, offset: int = 0) -> torch.Tensor:
+    """f₀ of flat elements ``offset … offset + numel − 1``, clamped (float32)."""
+    dist, nu, low, high = law[:4]
+    if dist == Distribution.BASELINE.value:
+        return torch.ones(numel, device=seed.device).clamp(low, high)
+    if dist == Distribution.UNIFORM.value:
+        f = _uniform_around_one(rng.uniform(torch.Size([numel]), seed, offset), nu)
+    elif dist == Distribution.NORMAL.value:
+        f = 1.0 + nu * rng.normal(torch.Size([numel]), seed, offset)
+    else:  # LOGNORMAL
+        f = torch.exp(-0.5 * nu * nu + nu * rng.normal(torch.Size([numel]), seed, offset))
+    return f.clamp(low, high)
+
+
+def values(multipliers) -> torch.Tensor:
+    """f, float32: the ``fuzzy_lr`` tensor itself, or a :class:`Recomputed`'s ``f₀·d^c``
+    (flat, ``dampenings`` flattened)."""
+    if isinstance(multipliers, torch.Tensor):
+        return multipliers
+    return _recomputed(multipliers)
+
+
+@fused
+def _recomputed(multipliers: Recomputed) -> torch.Tensor:
+    counts, seed, law, offset = multipliers
+    f = drawn(counts.numel(), seed, law, offset)
+    return f * torch.pow(law[4], counts.reshape(-1).to(torch.float32))
+
+
+@contextlib.contextmanager
+def flat_multipliers(multipliers):
+    """``multipliers`` (a tensor or a :class:`Recomputed`) as flat views for a kernel that
+    updates them in place (:func:`~biofx.tiered_compile.flat_views`)."""
+    if isinstance(multipliers, torch.Tensor):
+        with flat_views(multipliers) as (flat,):
+            yield flat
+    else:  # the counts are made contiguous (and sharded by rows, which keeps them so)
+        yield multipliers._replace(dampenings=multipliers.dampenings.view(-1))
+
+
+def dampen_(multipliers, settled: torch.Tensor, dampening: float) -> None:
+    """One crystallization where ``settled``: ``f ← f·d`` on a tensor, ``c ← c + 1`` (up to
+    c_max) on a :class:`Recomputed`."""
+    if isinstance(multipliers, torch.Tensor):
+        multipliers.mul_(torch.where(settled, dampening, 1.0))
+        return
+    counts, cap = multipliers.dampenings, multipliers.law[5]
+    counts.copy_(torch.where(settled.view(counts.shape) & (counts < cap), counts + 1, counts))
 
 
 def apply(grad: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:

@@ -26,19 +26,20 @@ time grows with the number of layers (28 s for one, 65 s for three, without cach
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from ..tiered_compile import flat_views, fused
-from . import crystallize, volume
+from . import crystallize, fuzzy, volume
 
 
 @dataclass
 class LayerStep:
     """One layer's part of an update-mode step.
 
-    ``weight``, ``grad`` and ``multipliers`` are this rank's (for a shard of the layer,
+    ``weight``, ``grad`` and ``multipliers`` (``fuzzy_lr``, or what recomputes it with
+    ``fuzzy_lr_storage="counter"``) are this rank's (for a shard of the layer,
     :mod:`biofx.sharding`: ``offset``, its first flat index, keys the volume noise and
     ``mean_magnitude`` is the layer's mean|w₀|). ``before`` is w₀, kept by the pre-step hook,
     for :func:`scale_step_`; ``volume_args = (base_lr, stability_factor, lr_variability)`` and
@@ -47,7 +48,7 @@ class LayerStep:
 
     weight: torch.Tensor
     grad: torch.Tensor
-    multipliers: torch.Tensor
+    multipliers: Union[torch.Tensor, fuzzy.Recomputed]
     key: torch.Tensor
     step: torch.Tensor
     fuzzy: bool
@@ -62,7 +63,7 @@ class LayerStep:
         """Fuzzy rates alone on float32 tensors: one eager op, no kernel to launch."""
         tensors = (self.weight, self.grad, self.multipliers)
         alone = self.fuzzy and self.volume_args is None and self.crystal_args is None
-        return alone and all(t.dtype == torch.float32 for t in tensors)
+        return alone and all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in tensors)
 
 
 def scale_step_(layer: LayerStep) -> None:
@@ -72,7 +73,7 @@ def scale_step_(layer: LayerStep) -> None:
     if layer.fuzzy_only_float32:
         torch.lerp(layer.before, layer.weight, layer.multipliers, out=layer.weight)
         return
-    with flat_views(layer.weight, layer.multipliers) as (weight, multipliers):
+    with flat_views(layer.weight) as (weight,), fuzzy.flat_multipliers(layer.multipliers) as multipliers:
         scale_flat_step_(layer.before.reshape(-1), weight, layer.grad.reshape(-1), multipliers, *_kernel_args(layer))
 
 
@@ -83,7 +84,7 @@ def scale_grad_for_step_(layer: LayerStep) -> None:
     if layer.fuzzy_only_float32:
         layer.grad.mul_(layer.multipliers)
         return
-    with flat_views(layer.grad, layer.multipliers) as (grad, multipliers):
+    with flat_views(layer.grad) as (grad,), fuzzy.flat_multipliers(layer.multipliers) as multipliers:
         scale_flat_grad_(layer.weight.reshape(-1), grad, multipliers, *_kernel_args(layer))
 
 
@@ -94,10 +95,10 @@ def _kernel_args(layer: LayerStep) -> tuple:
 
 @fused
 def scale_flat_step_(
-    before, after, grad, multipliers, seed, fuzzy, volume_args, crystal_args, offset, mean_magnitude
+    before, after, grad, multipliers, seed, fuzzy_on, volume_args, crystal_args, offset, mean_magnitude
 ) -> None:  # fmt: skip
     """:func:`scale_step_` on flat tensors."""
-    factor, settled = _factor(before, grad, multipliers, seed, fuzzy, volume_args, crystal_args, offset, mean_magnitude)
+    factor, settled = _factor(before, grad, multipliers, seed, fuzzy_on, volume_args, crystal_args, offset, mean_magnitude)
     w0 = before.float()
     after.copy_((w0 + factor * (after.float() - w0)).to(after.dtype))
     _crystallize(multipliers, settled, crystal_args)
@@ -105,18 +106,18 @@ def scale_flat_step_(
 
 @fused
 def scale_flat_grad_(
-    weight, grad, multipliers, seed, fuzzy, volume_args, crystal_args, offset, mean_magnitude
+    weight, grad, multipliers, seed, fuzzy_on, volume_args, crystal_args, offset, mean_magnitude
 ) -> None:  # fmt: skip
     """:func:`scale_grad_for_step_` on flat tensors."""
-    factor, settled = _factor(weight, grad, multipliers, seed, fuzzy, volume_args, crystal_args, offset, mean_magnitude)
+    factor, settled = _factor(weight, grad, multipliers, seed, fuzzy_on, volume_args, crystal_args, offset, mean_magnitude)
     grad.copy_((grad.float() * factor).to(grad.dtype))
     _crystallize(multipliers, settled, crystal_args)
 
 
-def _factor(before, grad, multipliers, seed, fuzzy, volume_args, crystal_args, offset, mean_magnitude):
+def _factor(before, grad, multipliers, seed, fuzzy_on, volume_args, crystal_args, offset, mean_magnitude):
     """The step's factor ``f·v`` of each weight (``seed``: the volume noise's) and where it
     crystallizes (``None`` without)."""
-    factor = multipliers if fuzzy else torch.ones_like(before, dtype=torch.float32)
+    factor = fuzzy.values(multipliers) if fuzzy_on else torch.ones_like(before, dtype=torch.float32)
     if volume_args is not None:
         factor = factor * volume.factor(before, seed, *volume_args, offset)
     if crystal_args is None:
@@ -127,4 +128,4 @@ def _factor(before, grad, multipliers, seed, fuzzy, volume_args, crystal_args, o
 def _crystallize(multipliers: torch.Tensor, settled: Optional[torch.Tensor], crystal_args: Optional[tuple]) -> None:
     # last in a kernel: the factor applied before may be the multipliers themselves
     if crystal_args is not None:
-        multipliers.mul_(torch.where(settled, crystal_args[1], 1.0))
+        fuzzy.dampen_(multipliers, settled, crystal_args[1])

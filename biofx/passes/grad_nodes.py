@@ -4,7 +4,8 @@ Only for layers with ``acts_on="gradient"`` (with ``"update"``, the default, fuz
 scale the optimizer's update at the step instead: :mod:`biofx.mechanisms.update`), and not
 for a weight that a non-bio module also reads (a tied embedding): a node here would scale
 only the bio layer's share of its gradient, so the step hook scales the whole ``.grad``.
-For a layer with automatic ``fuzzy`` (:data:`biofx.registry.FUZZY`), ``w`` → ``fuzzy_grad(w, fuzzy_lr)``;
+For a layer with automatic ``fuzzy`` (:data:`biofx.registry.FUZZY`), ``w`` → ``fuzzy_grad(w, fuzzy_lr)``
+(with ``fuzzy_lr_storage="counter"``: ``fuzzy_grad(w, fuzzy_dampenings, rng_key, law)``);
 with ``volume``, → ``volume_grad(w, rng_key, step, base_lr, stability_factor,
 lr_variability)``. Both are identities in the forward pass; in the backward pass they scale
 the weight gradient (``g·f`` and ``g·|N(μ, lr_variability·μ)|``). Being linear in g, they are
@@ -32,8 +33,14 @@ def grad_nodes_pass(gm: fx.GraphModule, layers: list) -> list:
             if registry.FUZZY.is_on(cfg):
 
                 def make_fuzzy(graph, weight):
-                    multipliers = graph.get_attr(state_attr(layer, "fuzzy_lr"))
-                    return [multipliers, graph.call_function(ops.fuzzy_grad, (weight, multipliers))]
+                    state = getattr(gm, STATE_ROOT)[layer.state_key]
+                    if cfg.fuzzy_lr_storage == "buffer":
+                        multipliers = graph.get_attr(state_attr(layer, "fuzzy_lr"))
+                        return [multipliers, graph.call_function(ops.fuzzy_grad, (weight, multipliers))]
+                    counts = graph.get_attr(state_attr(layer, "fuzzy_dampenings"))
+                    key = graph.get_attr(state_attr(layer, "rng_key"))
+                    args = (weight, counts, key, state.fuzzy_law)
+                    return [counts, key, graph.call_function(ops.fuzzy_grad, args)]
 
                 for node in chain_weight(gm, layer, site, make_fuzzy):
                     inserted.append(tags.tag(node, tags.FUZZY, layer.name, NAME))
