@@ -65,7 +65,8 @@ class _VolumeGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weight, key, step = ctx.saved_tensors
-        scaled = volume.scale(grad, weight, key, step, ctx.base_lr, ctx.stability_factor, ctx.lr_variability)
+        seed = volume.seed(key, step)
+        scaled = volume.scale(grad, weight, seed, ctx.base_lr, ctx.stability_factor, ctx.lr_variability)
         return scaled, None, None, None, None, None
 
 

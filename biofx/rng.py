@@ -27,6 +27,8 @@ in Inductor's generated code); right shifts are made logical with a mask.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 # One stream per kind of draw, so two draws with the same key and counter never coincide.
@@ -82,19 +84,27 @@ def layer_key(seed: int, layer_index: int) -> int:
     return _signed(_mix64_int((_mix64_int(seed & _MASK64) + layer_index * GAMMA) & _MASK64))
 
 
-def stream_seed(key: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:
+def stream_seed(
+    key: torch.Tensor, counter: torch.Tensor, stream: int, values: Optional[tuple[int, int]] = None
+) -> torch.Tensor:
     """The 64-bit seed of one draw, ``mix64(mix64(key + stream·γ) + counter·γ)`` (0-d int64 on
     the key's device), for :func:`uniform` and :func:`normal`.
 
-    ``key`` and ``counter`` are 0-d int64 tensors. Outside a compiled region, on the CPU, the
-    seed is computed from their values on the host (10 µs, where the 20 tensor ops take 150 µs);
-    elsewhere by tensor ops on their device (no device sync; traced into a compiled graph).
-    A fused kernel takes the seed as an input: computed inside it, Inductor inlines it into
-    every loop it generates, which doubled the kernel's compile time.
+    ``key`` and ``counter`` are 0-d int64 tensors; ``values``, their values when the caller
+    knows them on the host (a layer's key and step mirrors). Outside a compiled region the
+    seed is computed on the host from the values (10 µs, where the 20 tensor ops take 150 µs
+    on the CPU and 20 kernel launches on a GPU) and copied to the device without a sync; the
+    values are read from the tensors when they are on the CPU. Otherwise (a device tensor
+    without ``values``, or inside a compiled graph) it is computed by tensor ops. A fused
+    kernel takes the seed as an input: computed inside it, Inductor inlines it into every loop
+    it generates, which doubled the kernel's compile time.
     """
-    on_host = key.device.type == "cpu" and counter.device.type == "cpu"
-    if on_host and not torch.compiler.is_compiling():
-        return torch.tensor(_seed_int(int(key), int(counter), stream), dtype=torch.int64)
+    if not torch.compiler.is_compiling():
+        if values is None and key.device.type == "cpu" and counter.device.type == "cpu":
+            values = int(key), int(counter)
+        if values is not None:
+            seed = torch.tensor(_seed_int(*values, stream), dtype=torch.int64)
+            return seed if key.device.type == "cpu" else seed.to(key.device, non_blocking=True)
     return mix64(mix64(key + _signed(stream * GAMMA % (1 << 64))) + counter * GAMMA)
 
 

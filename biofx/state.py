@@ -244,8 +244,20 @@ class BioSynapses(nn.Module):
         state = sharding.local(self._buffers[self._per_weight])
         if self.config.fuzzy_lr_storage == "buffer":
             return state
-        seed = rng.stream_seed(self.rng_key, self.step.new_zeros(()), rng.FUZZY)
+        seed = rng.stream_seed(self.rng_key, self.step.new_zeros(()), rng.FUZZY, (self._key_value(), 0))
         return fuzzy.Recomputed(state, seed, self.fuzzy_law, sharding.offset(where))
+
+    def _key_value(self) -> int:
+        """``rng_key``'s value on the host, read once per change of the buffer (a load), not per step."""
+        key = self.rng_key
+        seen = self.__dict__.get("_key_seen")
+        if seen is None or seen[0] is not key or seen[1] != key._version:
+            self.__dict__["_key_seen"] = seen = (key, key._version, int(key))
+        return seen[2]
+
+    def _volume_seed(self) -> torch.Tensor:
+        """The seed of this step's volume noise, from the key's and the step's host values."""
+        return volume.seed(self.rng_key, self.step, (self._key_value(), self.steps.value))
 
     @property
     def fuzzy_law(self) -> tuple:
@@ -331,7 +343,7 @@ class BioSynapses(nn.Module):
         """Volume-dependent plasticity on ``.grad``: ``g ← g·|N(μ, lr_variability·μ)|`` with this step's noise."""
         where = self._shard()
         grad, weight = self.require_grad(), sharding.local(self.weight)
-        grad.copy_(volume.scale_for(grad, weight, self.rng_key, self.step, self.config, sharding.offset(where)))
+        grad.copy_(volume.scale_for(grad, weight, self._volume_seed(), self.config, sharding.offset(where)))
 
     @no_grad
     def crystallize(self) -> None:
@@ -371,16 +383,14 @@ class BioSynapses(nn.Module):
         weight = sharding.local(self.weight).detach()
         w0 = weight if before is None else before
         crystal_args = (cfg.crystal_thresh, cfg.dampening_factor) if self.is_automatic(registry.CRYSTALLIZE) else None
+        volume_on = self.is_automatic(registry.VOLUME)
         return update.LayerStep(
             weight=weight,
             grad=sharding.local(self.weight.grad),
             multipliers=self._multipliers(where),
-            key=self.rng_key,
-            step=self.step,
+            volume_seed=self._volume_seed() if volume_on else None,
             fuzzy=self.is_automatic(registry.FUZZY),
-            volume_args=(
-                (cfg.base_lr, cfg.stability_factor, cfg.lr_variability) if self.is_automatic(registry.VOLUME) else None
-            ),
+            volume_args=(cfg.base_lr, cfg.stability_factor, cfg.lr_variability) if volume_on else None,
             crystal_args=crystal_args,
             offset=sharding.offset(where),
             mean_magnitude=(

@@ -17,9 +17,9 @@ def test_fused_equals_unfused(fused_kernels):
     f = torch.rand(37, 23) + 0.5
     key, step = torch.tensor(9), torch.tensor(4)
     kernels.set_enabled(False)
-    unfused = volume.scale(g, w, key, step, 0.1, 2.0, 0.2)
+    unfused = volume.scale(g, w, volume.seed(key, step), 0.1, 2.0, 0.2)
     kernels.set_enabled(True, after_calls=0)
-    torch.testing.assert_close(volume.scale(g, w, key, step, 0.1, 2.0, 0.2), unfused, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(volume.scale(g, w, volume.seed(key, step), 0.1, 2.0, 0.2), unfused, rtol=1e-5, atol=1e-7)
     fused_f, unfused_f = f.reshape(-1).clone(), f.reshape(-1).clone()
     crystallize.crystallize_flat_(fused_f, w.reshape(-1), g.reshape(-1), 0.5, 0.6)
     crystallize.crystallize_flat_.unfused(unfused_f, w.reshape(-1), g.reshape(-1), 0.5, 0.6)

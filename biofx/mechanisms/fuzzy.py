@@ -150,8 +150,18 @@ def values(multipliers) -> torch.Tensor:
 @fused
 def _recomputed(multipliers: Recomputed) -> torch.Tensor:
     counts, seed, law, offset = multipliers
-    f = drawn(counts.numel(), seed, law, offset)
-    return f * torch.pow(law[4], counts.reshape(-1).to(torch.float32))
+    return drawn(counts.numel(), seed, law, offset) * _power(law[4], counts.reshape(-1), law[5])
+
+
+def _power(d: float, counts: torch.Tensor, cap: int) -> torch.Tensor:
+    """``d^c`` (float32) as the product of ``d^(2^k)`` over the set bits k of c: one select and
+    multiply per bit of ``cap``, vectorized (``torch.pow(d, c)`` compiles to a scalar loop on
+    the CPU, 3x slower; ``exp(c·ln d)`` 1.5x)."""
+    c = counts.to(torch.int32)
+    factor = torch.where((c & 1) != 0, d, 1.0)
+    for bit in range(1, cap.bit_length()):
+        factor = factor * torch.where((c & (1 << bit)) != 0, d ** (1 << bit), 1.0)
+    return factor
 
 
 @contextlib.contextmanager

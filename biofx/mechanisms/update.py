@@ -43,14 +43,14 @@ class LayerStep:
     :mod:`biofx.sharding`: ``offset``, its first flat index, keys the volume noise and
     ``mean_magnitude`` is the layer's mean|w₀|). ``before`` is w₀, kept by the pre-step hook,
     for :func:`scale_step_`; ``volume_args = (base_lr, stability_factor, lr_variability)`` and
-    ``crystal_args = (crystal_thresh, dampening_factor)`` are ``None`` when not automatic.
+    the step's ``volume_seed`` (:func:`~biofx.mechanisms.volume.seed`), and ``crystal_args =
+    (crystal_thresh, dampening_factor)``, are ``None`` when not automatic.
     """
 
     weight: torch.Tensor
     grad: torch.Tensor
     multipliers: Union[torch.Tensor, fuzzy.Recomputed]
-    key: torch.Tensor
-    step: torch.Tensor
+    volume_seed: Optional[torch.Tensor]
     fuzzy: bool
     volume_args: Optional[tuple]
     crystal_args: Optional[tuple]
@@ -89,8 +89,7 @@ def scale_grad_for_step_(layer: LayerStep) -> None:
 
 
 def _kernel_args(layer: LayerStep) -> tuple:
-    seed = None if layer.volume_args is None else volume.seed(layer.key, layer.step)  # outside the kernel
-    return seed, layer.fuzzy, layer.volume_args, layer.crystal_args, layer.offset, layer.mean_magnitude
+    return layer.volume_seed, layer.fuzzy, layer.volume_args, layer.crystal_args, layer.offset, layer.mean_magnitude
 
 
 @fused

@@ -9,6 +9,8 @@ micro-batch of a step and on every rank.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .. import rng
@@ -16,9 +18,10 @@ from ..config import BioConfig
 from ..tiered_compile import fused
 
 
-def seed(key: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-    """The seed of a step's volume noise (:func:`biofx.rng.stream_seed`)."""
-    return rng.stream_seed(key, step, rng.VOLUME)
+def seed(key: torch.Tensor, step: torch.Tensor, values: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """The seed of a step's volume noise (:func:`biofx.rng.stream_seed`; ``values``: key's and
+    step's on the host, when known)."""
+    return rng.stream_seed(key, step, rng.VOLUME, values)
 
 
 def factor(
@@ -45,26 +48,22 @@ def _scale_flat(grad, weight, seed, base_lr, stability_factor, lr_variability, o
 def scale(
     grad: torch.Tensor,
     weight: torch.Tensor,
-    key: torch.Tensor,
-    step: torch.Tensor,
+    seed: torch.Tensor,
     base_lr: float,
     stability_factor: float,
     lr_variability: float,
     offset: int = 0,
 ) -> torch.Tensor:
-    """``g·|N(μ, lr_variability·μ)|`` in one pass (computed in float32, returned in g's dtype).
+    """``g·|N(μ, lr_variability·μ)|`` in one pass (computed in float32, returned in g's dtype;
+    ``seed`` the step's, from :func:`seed`).
 
     Runs on flattened views, so one dynamic-shape kernel serves every layer (same numbers:
     the noise is indexed by the flat element index; a shard's starts at ``offset``).
     """
-    flat = _scale_flat(
-        grad.reshape(-1), weight.detach().reshape(-1), seed(key, step), base_lr, stability_factor, lr_variability, offset
-    )
+    flat = _scale_flat(grad.reshape(-1), weight.detach().reshape(-1), seed, base_lr, stability_factor, lr_variability, offset)
     return flat.view(grad.shape)
 
 
-def scale_for(
-    grad: torch.Tensor, weight: torch.Tensor, key: torch.Tensor, step: torch.Tensor, config: BioConfig, offset: int = 0
-):
+def scale_for(grad: torch.Tensor, weight: torch.Tensor, seed: torch.Tensor, config: BioConfig, offset: int = 0):
     """:func:`scale` with the parameters of ``config``."""
-    return scale(grad, weight, key, step, config.base_lr, config.stability_factor, config.lr_variability, offset)
+    return scale(grad, weight, seed, config.base_lr, config.stability_factor, config.lr_variability, offset)

@@ -196,3 +196,14 @@ def test_count_type_is_the_smallest_that_reaches_zero():
     assert fuzzy.dampening_count_type(0.6, 2.0) == (torch.uint8, 255)
     assert fuzzy.dampening_count_type(0.9, 2.0) == (torch.int16, 32767)
     assert fuzzy.dampening_count_type(0.9999, 2.0) == (torch.int32, 2**31 - 1)
+
+
+@pytest.mark.parametrize("dampening", [0.6, 0.9, 0.999])
+def test_power_of_the_count_is_d_to_the_c(dampening):
+    dtype, cap = fuzzy.dampening_count_type(dampening, 2.0)
+    c = torch.cat([torch.arange(300), torch.randint(0, cap, (2000,))]).clamp(max=cap).to(dtype)
+    got = fuzzy._power(dampening, c, cap).double()
+    expected = torch.tensor(dampening, dtype=torch.float64) ** c.double()
+    normal = expected > 1e-30  # (float32's subnormal range aside)
+    torch.testing.assert_close(got[normal], expected[normal], rtol=1e-6, atol=0)
+    assert (got[~normal] < 1e-29).all()
