@@ -65,14 +65,21 @@ def after_calls() -> int:
 _INDUCTOR_OPTIONS = {"score_fusion_memory_threshold": 8}
 
 
-def _specialized_floats():
-    """A context in which Python floats (config values, polynomial coefficients) compile in as
-    constants. Left symbolic, as ``dynamic=True`` would, each becomes a tensor input built on
-    every call (about 20 ``torch.as_tensor`` per call of the volume kernel, doubling its fixed
-    cost). A changed value recompiles; the values are config constants. Made once, reused."""
-    if "specialize_floats" not in _STATE:
-        _STATE["specialize_floats"] = torch._dynamo.config.patch(specialize_float=True)
-    return _STATE["specialize_floats"]
+def _kernel_config():
+    """The Dynamo settings the kernels compile and run under. Made once, reused.
+
+    * Python floats (config values, polynomial coefficients) compile in as constants. Left
+      symbolic, as ``dynamic=True`` would, each becomes a tensor input built on every call
+      (about 20 ``torch.as_tensor`` per call of the volume kernel, doubling its fixed cost).
+    * So a kernel is specialized to its constants: one compiled entry per combination of
+      config values and mechanisms (and of ``None`` arguments) a process uses. Dynamo's
+      default limit of 8 entries per function is raised to 64; at the limit, a kernel falls
+      back to its unfused version for good, with a warning.
+    """
+    if "config" not in _STATE:
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        _STATE["config"] = torch._dynamo.config.patch(specialize_float=True, **{limit: 64})
+    return _STATE["config"]
 
 
 def fused(fn: Callable) -> Callable:
@@ -90,7 +97,7 @@ def fused(fn: Callable) -> Callable:
             log.info("biofx: compiling the fused kernel %s (once per process)", fn.__qualname__)
             state["compiled"] = torch.compile(fn, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
         try:
-            with _specialized_floats():
+            with _kernel_config():
                 return state["compiled"](*args, **kwargs)
         except Exception as err:  # a broken toolchain must not stop training
             state["failed"] = True
@@ -106,14 +113,21 @@ def fused(fn: Callable) -> Callable:
     return wrapper
 
 
+def flat(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as a kernel's flat input: a 1-D alias of a contiguous tensor (a copy of another),
+    detached so that it is not a view. Dynamo guards the layout of a view's base, so a view would
+    compile a kernel again for each rank of weight (a Linear's 2-D, a Conv2d's 4-D)."""
+    return tensor.reshape(-1).detach()
+
+
 @contextlib.contextmanager
 def flat_views(*tensors: torch.Tensor):
     """Flat views of ``tensors`` for a kernel that writes into them: a fused kernel that
     updates its inputs in place stores its results once, where returning them would cost a
     second pass to copy them back. A non-contiguous tensor (e.g. a channels-last weight) is
     worked on as a contiguous copy and written back on exit."""
-    flats = [t.view(-1) if t.is_contiguous() else t.contiguous().view(-1) for t in tensors]
+    flats = [flat(t) for t in tensors]
     yield flats
-    for tensor, flat in zip(tensors, flats):
+    for tensor, alias in zip(tensors, flats):
         if not tensor.is_contiguous():
-            tensor.copy_(flat.view(tensor.shape))
+            tensor.copy_(alias.view(tensor.shape))

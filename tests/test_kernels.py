@@ -136,3 +136,21 @@ def test_in_place_kernels_write_back_non_contiguous_weights(fused_kernels, momen
     for a, b in zip(contiguous.bio_layers(), strided.bio_layers()):
         torch.testing.assert_close(b.weight, a.weight, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(b.fuzzy_lr, a.fuzzy_lr)
+
+
+def test_one_compiled_kernel_serves_linear_and_conv_layers(fused_kernels):
+    """The kernels take flat aliases that are not views, so a Conv2d's 4-D weight and a Linear's
+    2-D one share one compiled kernel (Dynamo guards a view's base layout: one compile each)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    # a base_lr no other test uses: the kernel's constants are new, so it compiles here
+    bio = biofx.transform(model, automatic=("fuzzy", "volume", "crystallize"), base_lr=0.0123, seed=0)
+    optimizer = torch.optim.SGD(bio.parameters(), lr=0.1)
+    before = counters["stats"]["unique_graphs"]
+    for _ in range(2):
+        optimizer.zero_grad()
+        bio(torch.randn(2, 3, 8, 8)).square().sum().backward()
+        optimizer.step()
+    assert counters["stats"]["unique_graphs"] - before == 1

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from ..config import BioConfig
-from ..tiered_compile import fused
+from ..tiered_compile import flat, fused
 from . import fuzzy
 
 
@@ -53,8 +53,8 @@ def crystallize_(
 ) -> None:
     """Dampen ``multipliers`` (the ``fuzzy_lr`` tensor or a :class:`~biofx.mechanisms.fuzzy.Recomputed`)
     in place where :func:`mask` holds (on flat views: one kernel for all layers)."""
-    with fuzzy.flat_multipliers(multipliers) as flat:
+    with fuzzy.flat_multipliers(multipliers) as flat_multipliers:
         crystallize_flat_(
-            flat, weight.detach().reshape(-1), grad.reshape(-1), config.crystal_thresh, config.dampening_factor,
+            flat_multipliers, flat(weight), flat(grad), config.crystal_thresh, config.dampening_factor,
             mean_magnitude,
         )  # fmt: skip

@@ -27,7 +27,7 @@ import torch
 
 from .. import rng
 from ..config import BioConfig, Distribution
-from ..tiered_compile import flat_views, fused
+from ..tiered_compile import flat, flat_views, fused
 
 
 def _uniform_around_one(rand01: torch.Tensor, nu) -> torch.Tensor:
@@ -169,10 +169,10 @@ def flat_multipliers(multipliers):
     """``multipliers`` (a tensor or a :class:`Recomputed`) as flat views for a kernel that
     updates them in place (:func:`~biofx.tiered_compile.flat_views`)."""
     if isinstance(multipliers, torch.Tensor):
-        with flat_views(multipliers) as (flat,):
-            yield flat
+        with flat_views(multipliers) as (alias,):
+            yield alias
     else:  # the counts are made contiguous (and sharded by rows, which keeps them so)
-        yield multipliers._replace(dampenings=multipliers.dampenings.view(-1))
+        yield multipliers._replace(dampenings=flat(multipliers.dampenings))
 
 
 def dampen_(multipliers, settled: torch.Tensor, dampening: float) -> None:

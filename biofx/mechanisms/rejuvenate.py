@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from .. import rng
-from ..tiered_compile import fused
+from ..tiered_compile import flat, fused
 
 
 def magnitude(weight: torch.Tensor) -> torch.Tensor:
@@ -99,7 +99,7 @@ def rejuvenate_(
     w = weight.detach()
     if w.numel() == 0:  # nothing to replace (and no max|W| to take)
         return torch.zeros((), dtype=torch.int64, device=w.device)
-    flat_sign = None if sign is None else sign.expand_as(w).reshape(-1)
-    new, count = rejuvenated(w.reshape(-1), dre, key, counter, flat_sign, rule, offset, max_magnitude)
+    flat_sign = None if sign is None else flat(sign.expand_as(w))
+    new, count = rejuvenated(flat(w), dre, key, counter, flat_sign, rule, offset, max_magnitude)
     w.copy_(new.view(w.shape))
     return count

@@ -30,7 +30,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..tiered_compile import flat_views, fused
+from ..tiered_compile import flat, flat_views, fused
 from . import crystallize, fuzzy, volume
 
 
@@ -74,7 +74,7 @@ def scale_step_(layer: LayerStep) -> None:
         torch.lerp(layer.before, layer.weight, layer.multipliers, out=layer.weight)
         return
     with flat_views(layer.weight) as (weight,), fuzzy.flat_multipliers(layer.multipliers) as multipliers:
-        scale_flat_step_(layer.before.reshape(-1), weight, layer.grad.reshape(-1), multipliers, *_kernel_args(layer))
+        scale_flat_step_(flat(layer.before), weight, flat(layer.grad), multipliers, *_kernel_args(layer))
 
 
 def scale_grad_for_step_(layer: LayerStep) -> None:
@@ -85,7 +85,7 @@ def scale_grad_for_step_(layer: LayerStep) -> None:
         layer.grad.mul_(layer.multipliers)
         return
     with flat_views(layer.grad) as (grad,), fuzzy.flat_multipliers(layer.multipliers) as multipliers:
-        scale_flat_grad_(layer.weight.reshape(-1), grad, multipliers, *_kernel_args(layer))
+        scale_flat_grad_(flat(layer.weight), grad, multipliers, *_kernel_args(layer))
 
 
 def _kernel_args(layer: LayerStep) -> tuple:

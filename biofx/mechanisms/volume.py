@@ -15,7 +15,7 @@ import torch
 
 from .. import rng
 from ..config import BioConfig
-from ..tiered_compile import fused
+from ..tiered_compile import flat, fused
 
 
 def seed(key: torch.Tensor, step: torch.Tensor, values: Optional[tuple[int, int]] = None) -> torch.Tensor:
@@ -60,8 +60,8 @@ def scale(
     Runs on flattened views, so one dynamic-shape kernel serves every layer (same numbers:
     the noise is indexed by the flat element index; a shard's starts at ``offset``).
     """
-    flat = _scale_flat(grad.reshape(-1), weight.detach().reshape(-1), seed, base_lr, stability_factor, lr_variability, offset)
-    return flat.view(grad.shape)
+    scaled = _scale_flat(flat(grad), flat(weight), seed, base_lr, stability_factor, lr_variability, offset)
+    return scaled.view(grad.shape)
 
 
 def scale_for(grad: torch.Tensor, weight: torch.Tensor, seed: torch.Tensor, config: BioConfig, offset: int = 0):
