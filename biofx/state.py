@@ -352,8 +352,15 @@ class BioSynapses(nn.Module):
             raise RuntimeError("Weights do not require gradients")
         where = self._shard()
         weight = sharding.local(self.weight)
-        mean_magnitude = None if where is None else sharding.layer_mean(weight.detach().float().abs(), where)
+        mean_magnitude = self._mean_magnitude(weight, where)
         crystallize.crystallize_(self._multipliers(where), weight, self.require_grad(), self.config, mean_magnitude)
+
+    @staticmethod
+    def _mean_magnitude(weight: torch.Tensor, where: Optional[sharding.Layout]) -> torch.Tensor:
+        """Crystallization's mean|w| over the layer (this rank's ``weight`` is a shard under FSDP)."""
+        if where is None:
+            return crystallize.mean_abs(weight)
+        return sharding.layer_mean(weight.detach().float().abs(), where)
 
     @no_grad
     def scale_grad(self) -> None:
@@ -393,9 +400,7 @@ class BioSynapses(nn.Module):
             volume_args=(cfg.base_lr, cfg.stability_factor, cfg.lr_variability) if volume_on else None,
             crystal_args=crystal_args,
             offset=sharding.offset(where),
-            mean_magnitude=(
-                sharding.layer_mean(w0.float().abs(), where) if where is not None and crystal_args is not None else None
-            ),
+            mean_magnitude=None if crystal_args is None else self._mean_magnitude(w0, where),
             before=before,
         )
 

@@ -138,13 +138,15 @@ def test_in_place_kernels_write_back_non_contiguous_weights(fused_kernels, momen
         torch.testing.assert_close(b.fuzzy_lr, a.fuzzy_lr)
 
 
-def test_one_compiled_kernel_serves_linear_and_conv_layers(fused_kernels):
-    """The kernels take flat aliases that are not views, so a Conv2d's 4-D weight and a Linear's
-    2-D one share one compiled kernel (Dynamo guards a view's base layout: one compile each)."""
+def test_one_compiled_kernel_serves_every_layer(fused_kernels):
+    """A small Conv2d (108 weights) and a larger Linear (5,760) share one compiled kernel: the
+    kernels take flat aliases that are not views (Dynamo guards a view's base layout: a 4-D and
+    a 2-D weight compiled one each) and no reduction (mean|w| inside made Inductor guard on
+    the size, ``size <= 4096``: the first layer's size decided which layers recompiled)."""
     from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 40))
     # a base_lr no other test uses: the kernel's constants are new, so it compiles here
     bio = biofx.transform(model, automatic=("fuzzy", "volume", "crystallize"), base_lr=0.0123, seed=0)
     optimizer = torch.optim.SGD(bio.parameters(), lr=0.1)

@@ -17,17 +17,25 @@ from ..tiered_compile import flat, fused
 from . import fuzzy
 
 
+def mean_abs(weight: torch.Tensor) -> torch.Tensor:
+    """mean|w| (0-d float32), computed before a kernel and passed in: a reduction inside a
+    dynamic-shape kernel made Inductor guard on the layer's size (``size <= 4096``), so a model
+    with small and large layers compiled the kernel twice."""
+    return torch.linalg.vector_norm(weight.detach(), 1, dtype=torch.float32) / max(weight.numel(), 1)
+
+
 def mask(
     weight: torch.Tensor, grad: torch.Tensor, crystal_thresh: float, mean_magnitude: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """Where a weight crystallizes (boolean, weight's shape).
 
-    ``mean_magnitude``: mean|w| over the whole layer when ``weight`` is a shard of it
-    (:mod:`biofx.sharding`); by default the mean over ``weight``.
+    ``mean_magnitude``: mean|w| over the whole layer (:func:`mean_abs`; over the layer, not
+    the shard, when ``weight`` is a shard of it, :mod:`biofx.sharding`); by default
+    :func:`mean_abs` of ``weight``.
     """
     w = weight.detach().float().abs()
     g = grad.float().abs()
-    return (g / w < crystal_thresh) | (g > (w.mean() if mean_magnitude is None else mean_magnitude))
+    return (g / w < crystal_thresh) | (g > (mean_abs(weight) if mean_magnitude is None else mean_magnitude))
 
 
 @fused
@@ -52,7 +60,9 @@ def crystallize_(
     mean_magnitude: Optional[torch.Tensor] = None,
 ) -> None:
     """Dampen ``multipliers`` (the ``fuzzy_lr`` tensor or a :class:`~biofx.mechanisms.fuzzy.Recomputed`)
-    in place where :func:`mask` holds (on flat views: one kernel for all layers)."""
+    in place where :func:`mask` holds (on flat views: one kernel for all layers; ``mean_magnitude``
+    as there)."""
+    mean_magnitude = mean_abs(weight) if mean_magnitude is None else mean_magnitude
     with fuzzy.flat_multipliers(multipliers) as flat_multipliers:
         crystallize_flat_(
             flat_multipliers, flat(weight), flat(grad), config.crystal_thresh, config.dampening_factor,

@@ -40,8 +40,9 @@ class LayerStep:
 
     ``weight``, ``grad`` and ``multipliers`` (``fuzzy_lr``, or what recomputes it with
     ``fuzzy_lr_storage="counter"``) are this rank's (for a shard of the layer,
-    :mod:`biofx.sharding`: ``offset``, its first flat index, keys the volume noise and
-    ``mean_magnitude`` is the layer's mean|w₀|). ``before`` is w₀, kept by the pre-step hook,
+    :mod:`biofx.sharding`: ``offset``, its first flat index, keys the volume noise).
+    ``mean_magnitude``, the layer's mean|w₀| for crystallization, is computed before the kernel
+    (:func:`~biofx.mechanisms.crystallize.mean_abs`). ``before`` is w₀, kept by the pre-step hook,
     for :func:`scale_step_`; ``volume_args = (base_lr, stability_factor, lr_variability)`` and
     the step's ``volume_seed`` (:func:`~biofx.mechanisms.volume.seed`), and ``crystal_args =
     (crystal_thresh, dampening_factor)``, are ``None`` when not automatic.
