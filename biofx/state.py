@@ -57,6 +57,9 @@ STATE_ROOT = "biofx_state"
 #: step), which DistributedDataParallel must not overwrite with rank 0's at each forward.
 RANK_LOCAL_BUFFERS = ("activity_sum", "activity_active", "activity_n")
 
+#: The buffer that holds the multipliers' per-weight state, by ``BioConfig.fuzzy_lr_storage``.
+PER_WEIGHT_BUFFERS = {"buffer": "fuzzy_lr", "counter": "fuzzy_dampenings"}
+
 
 class Counter:
     """One counter of a layer: the int64 buffer ``<name>`` of its state module (saved in
@@ -188,12 +191,12 @@ class BioSynapses(nn.Module):
         key = prefix + self._per_weight
         if where is not None and key in state_dict and not sharding.is_sharded(state_dict[key]):
             state_dict[key] = sharding.shard_like(state_dict[key], where)  # a whole one: this rank's rows
-        other = "fuzzy_lr" if self._per_weight == "fuzzy_dampenings" else "fuzzy_dampenings"
-        if prefix + other in state_dict and key not in state_dict:
-            ours = self.config.fuzzy_lr_storage
-            theirs = "counter" if ours == "buffer" else "buffer"
+        ours = self.config.fuzzy_lr_storage
+        theirs = next(storage for storage in PER_WEIGHT_BUFFERS if storage != ours)
+        other = prefix + PER_WEIGHT_BUFFERS[theirs]
+        if other in state_dict and key not in state_dict:
             raise RuntimeError(
-                f"the checkpoint holds {prefix + other}: it was saved with fuzzy_lr_storage={theirs!r}, and this "
+                f"the checkpoint holds {other}: it was saved with fuzzy_lr_storage={theirs!r}, and this "
                 f"model keeps its multipliers with fuzzy_lr_storage={ours!r}; transform the model with "
                 f"fuzzy_lr_storage={theirs!r} to load it"
             )
@@ -236,7 +239,7 @@ class BioSynapses(nn.Module):
     @property
     def _per_weight(self) -> str:
         """The name of the buffer holding the multipliers' per-weight state."""
-        return "fuzzy_dampenings" if self.config.fuzzy_lr_storage == "counter" else "fuzzy_lr"
+        return PER_WEIGHT_BUFFERS[self.config.fuzzy_lr_storage]
 
     def _multipliers(self, where: Optional[sharding.Layout]):
         """This rank's multipliers for the kernels: the ``fuzzy_lr`` tensor, or a
@@ -331,7 +334,6 @@ class BioSynapses(nn.Module):
     @no_grad
     def fuzzy_learning_rates(self) -> None:
         """Synaptic diversity on ``.grad``: ``g ← g·f``."""
-        self._shard()
         grad, multipliers = self.require_grad(), self.fuzzy_multipliers()
         if grad.dtype == torch.float32:
             grad.mul_(multipliers)

@@ -26,6 +26,7 @@ import biofx
 import biofx.kernels
 from _spawn import free_port, run_workers
 from biofx.config import BioConfig, ConfigMap, Distribution
+from biofx.state import PER_WEIGHT_BUFFERS
 import _explicit as explicit
 
 pytestmark = [
@@ -58,7 +59,6 @@ MOMENTUM = {"update-plain-sgd": 0.0}
 # "update" with f recomputed from the counter: each shard draws f₀ at its own flat indices and
 # counts its crystallizations (the counts sharded like the weight)
 CONFIGS["update-counter"] = dict(CONFIGS["update"], fuzzy_lr_storage="counter")
-PER_WEIGHT = ("fuzzy_lr", "fuzzy_dampenings")  # the per-weight state, by fuzzy_lr_storage
 
 
 class Net(nn.Module):
@@ -206,7 +206,7 @@ def test_fsdp_equals_one_process_on_the_full_batch(spawned, mode):
         assert state.keys() == last.keys() and all(torch.equal(state[k], last[k]) for k in last)
     assert int(last["biofx_state.fc1.step"]) == STEPS
     assert int(last["biofx_state.fc1.rejuvenations"]) == (STEPS if mode == "explicit" else STEPS // 2)
-    changed = [k for k in last if k.endswith(PER_WEIGHT) and not torch.equal(last[k], initial[k])]
+    changed = [k for k in last if k.endswith(tuple(PER_WEIGHT_BUFFERS.values())) and not torch.equal(last[k], initial[k])]
     assert changed  # crystallization (and the ACTIVITY redraw) acted on the multipliers
     if mode == "explicit":
         assert sum(count for _, count in rank0) > 0  # rejuvenation replaced weights
