@@ -37,6 +37,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from . import registry, sharding
 from .mechanisms import update
+from .tiered_compile import kernel_scope
 
 log = logging.getLogger("biofx")
 
@@ -169,8 +170,9 @@ def _before_step(optimizer, args, kwargs) -> None:
     # (``args`` are step()'s, the optimizer first)
     closure = args[1] if len(args) > 1 else kwargs.get("closure")
     plain_sgd = bool(layers) and closure is None and is_plain_sgd(optimizer)
-    for layer in layers:
-        before_step(layer, plain_sgd)
+    with kernel_scope():
+        for layer in layers:
+            before_step(layer, plain_sgd)
 
 
 @no_grad
@@ -178,13 +180,14 @@ def _after_step(optimizer, args, kwargs) -> None:
     layers = _layers_of(optimizer)
     if not layers:
         return
-    for layer in layers:
-        after_step(layer)
-    torch._foreach_add_([layer.steps.tensor for layer in layers], 1)
-    for layer in layers:
-        layer.steps.value += 1  # the tensors advanced in bulk above
-        if layer.is_automatic(registry.FUZZY):
-            layer.update_fuzzy_learning_rates()
+    with kernel_scope():
+        for layer in layers:
+            after_step(layer)
+        torch._foreach_add_([layer.steps.tensor for layer in layers], 1)
+        for layer in layers:
+            layer.steps.value += 1  # the tensors advanced in bulk above
+            if layer.is_automatic(registry.FUZZY):
+                layer.update_fuzzy_learning_rates()
 
 
 def install() -> None:

@@ -156,3 +156,20 @@ def test_one_compiled_kernel_serves_every_layer(fused_kernels):
         bio(torch.randn(2, 3, 8, 8)).square().sum().backward()
         optimizer.step()
     assert counters["stats"]["unique_graphs"] - before == 1
+
+
+def test_kernel_scope_sets_the_kernel_settings_once_and_restores_them():
+    """The step hooks enter the kernels' Dynamo settings once around all layers; a nested
+    scope (a kernel call inside) neither re-enters nor restores them early."""
+    from biofx import tiered_compile
+
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    outside = (config.specialize_float, getattr(config, limit))
+    assert outside != (True, 64)
+    with tiered_compile.kernel_scope():
+        assert (config.specialize_float, getattr(config, limit)) == (True, 64)
+        with tiered_compile.kernel_scope():
+            pass
+        assert (config.specialize_float, getattr(config, limit)) == (True, 64)
+    assert (config.specialize_float, getattr(config, limit)) == outside

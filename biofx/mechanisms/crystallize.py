@@ -20,8 +20,14 @@ from . import fuzzy
 def mean_abs(weight: torch.Tensor) -> torch.Tensor:
     """mean|w| (0-d float32), computed before a kernel and passed in: a reduction inside a
     dynamic-shape kernel made Inductor guard on the layer's size (``size <= 4096``), so a model
-    with small and large layers compiled the kernel twice."""
-    return torch.linalg.vector_norm(weight.detach(), 1, dtype=torch.float32) / max(weight.numel(), 1)
+    with small and large layers compiled the kernel twice.
+
+    ``abs().mean()``: on a CPU ``linalg.vector_norm(w, 1)`` took 4x as long (448 against 106 µs
+    for a 512x784 weight, one thread), the temporary ``|w|`` included.
+    """
+    if weight.numel() == 0:
+        return weight.new_zeros((), dtype=torch.float32)
+    return weight.detach().abs().mean(dtype=torch.float32)
 
 
 def mask(
