@@ -267,3 +267,35 @@ def test_a_failing_reference_variant_is_skipped_and_reported(bench, monkeypatch)
     result = report["benches"]["mlp"]
     assert result["skipped"] == {"reference": "RuntimeError: reference fails here"}
     assert set(result["variants"]) == set(EAGER)
+
+
+def test_gpt2_bench_trains_a_real_transformer(bench):
+    """--bench gpt2: a Hugging Face GPT-2 on token ids, every eager variant; no reference variant
+    (the reference converts nn.Linear and nn.Conv2d: of GPT-2, lm_head alone)."""
+    pytest.importorskip("transformers")
+    report = bench.main(["--small", "--no-compile", "--unfused", "--bench", "gpt2", "--steps", "2", "--warmup", "1",
+                         "--rounds", "1", "--out", ""])
+    result = report["benches"]["gpt2"]
+    assert set(result["variants"]) == set(EAGER)
+    assert all(v["params_finite"] for v in result["variants"].values())
+    # one block's four Conv1D (16x48, 16x16, 16x64, 64x16) and lm_head (50x16, tied to the embedding)
+    assert result["bio_weights"] == 768 + 256 + 1024 + 1024 + 800
+    full, tokens, vocabulary, _ = bench.gpt2(False)
+    assert tokens == (8, 64) and vocabulary == 1000
+    assert len(biofx.transform(full, automatic=(), seed=0).bio_layers()) == 17
+
+
+def test_layer_overhead_tool_runs_every_case(capsys):
+    """tools/layer_overhead.py: every mechanism set with SGD and Adam, a value per round, a row each."""
+    spec = importlib.util.spec_from_file_location("biofx_tools_layer_overhead", ROOT / "tools" / "layer_overhead.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    before = (kernels.enabled(), kernels.after_calls())
+    results = tool.main(["--layers", "2", "--steps", "2", "--rounds", "2", "--unfused"])  # nothing compiles
+    assert (kernels.enabled(), kernels.after_calls()) == before
+    assert set(results) == {(label, opt) for label in tool.CASES for opt in tool.OPTIMIZERS}
+    assert all(len(rounds) == 2 and all(math.isfinite(r) for r in rounds) for rounds in results.values())
+    out = capsys.readouterr().out
+    assert all(label in out for label in tool.CASES)
+    with pytest.raises(SystemExit):
+        tool.main(["--layers", "0"])

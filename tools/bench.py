@@ -23,8 +23,12 @@ after the step). Every variant trains a copy of the same model
 ``plain_compiled``             ``torch.compile(plain, fullgraph=True)``
 ``biofx_automatic_compiled``   ``torch.compile(biofx_automatic, fullgraph=True)``
 ``reference``                  ``bio_transformations.BioConverter`` (0.0.5), calling the same
-                               three methods as ``biofx_explicit`` (when it is importable)
+                               three methods as ``biofx_explicit`` (when it is importable; not
+                               for ``gpt2``, whose ``Conv1D`` layers it does not convert)
 =============================  ============================================================
+
+Models (``--bench``): ``mlp`` and ``cnn`` by default, and ``gpt2``, a small GPT-2 from Hugging
+Face transformers with 17 bio layers, where the per-layer costs of a step show.
 
 Timing: each variant is warmed up (``--warmup`` steps; the first of them is timed on its own and
 reported as ``first_step_s``: for the compiled variants that is the compile time, for the eager
@@ -72,12 +76,14 @@ Usage::
     python tools/bench.py --device cuda --steps 200
     python tools/bench.py --bench mlp --no-compile --out /tmp/mlp.json
     python tools/bench.py --bench mlp --cold-compile  # compile times without Inductor's caches
+    python tools/bench.py --bench gpt2 --steps 60 --rounds 6 --no-compile  # a real transformer
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -139,7 +145,39 @@ def cnn(small: bool) -> tuple[nn.Module, tuple, int, dict]:
     return model, (batch, 3, side, side), 10, config
 
 
-MODELS: dict[str, Callable[[bool], tuple]] = {"mlp": mlp, "cnn": cnn}
+class NextTokenLogits(nn.Module):
+    """A Hugging Face causal LM as ``token ids -> logits``, flattened to (tokens, vocabulary)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=ids).logits.flatten(0, 1)
+
+
+def gpt2(small: bool) -> tuple[nn.Module, tuple, int, dict]:
+    """GPT-2 from Hugging Face transformers (random weights, lm_head tied to the token embedding,
+    dropout on): 4 blocks of width 128, 4 heads, vocabulary 1,000, 8 sequences of 64 tokens
+    (small: 1 block of width 16, 2 heads, vocabulary 50, 2 sequences of 8). Its 17 bio layers
+    (4 per block and lm_head) measure the per-layer costs that three layers hide."""
+    import transformers  # checked by parse_args
+    (layers, width, heads, vocab, seq), batch = ((1, 16, 2, 50, 8), 2) if small else ((4, 128, 4, 1000, 64), 8)
+    config = transformers.GPT2Config(
+        n_layer=layers, n_embd=width, n_head=heads, vocab_size=vocab, n_positions=seq,
+        bos_token_id=vocab - 1, eos_token_id=vocab - 1,
+    )  # fmt: skip
+    model = NextTokenLogits(transformers.GPT2LMHeadModel(config))
+    described = {"blocks": layers, "width": width, "heads": heads, "vocabulary": vocab, "batch": batch, "tokens": seq}
+    return model, (batch, seq), vocab, described
+
+
+MODELS: dict[str, Callable[[bool], tuple]] = {"mlp": mlp, "cnn": cnn, "gpt2": gpt2}
+#: models whose input is token ids (``input_shape`` = batch, tokens); their targets are the next tokens
+TOKEN_MODELS = ("gpt2",)
+#: models the reference library converts whole. It converts ``nn.Linear`` and ``nn.Conv2d``: of
+#: GPT-2 it would convert lm_head alone (the blocks' layers are transformers' ``Conv1D``)
+REFERENCE_MODELS = ("mlp", "cnn")
 
 
 # -- variants -----------------------------------------------------------------------------
@@ -198,8 +236,12 @@ def build_variants(name: str, small: bool, device: torch.device, compile_: bool)
     factory = MODELS[name]
     _, input_shape, classes, config = factory(small)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(input_shape, generator=generator).to(device)
-    y = torch.randint(0, classes, (input_shape[0],), generator=generator).to(device)
+    if name in TOKEN_MODELS:
+        x = torch.randint(0, classes, input_shape, generator=generator).to(device)
+        y = x.roll(-1, dims=1).flatten()
+    else:
+        x = torch.randn(input_shape, generator=generator).to(device)
+        y = torch.randint(0, classes, (input_shape[0],), generator=generator).to(device)
 
     def fresh() -> nn.Module:
         torch.manual_seed(0)
@@ -231,7 +273,7 @@ def build_variants(name: str, small: bool, device: torch.device, compile_: bool)
         add("plain_compiled", plain, None, trained=torch.compile(plain, fullgraph=True))
         automatic = bio(AUTOMATIC)
         add("biofx_automatic_compiled", automatic, "plain_compiled", trained=torch.compile(automatic, fullgraph=True))
-    if bio_transformations is not None:
+    if bio_transformations is not None and name in REFERENCE_MODELS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             reference = bio_transformations.BioConverter()(fresh())
@@ -566,7 +608,8 @@ def default_threads() -> Optional[int]:
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bench", default=",".join(BENCHES), help="comma-separated: mlp,cnn (default both)")
+    parser.add_argument("--bench", default=",".join(BENCHES),
+                        help="comma-separated, from mlp,cnn,gpt2 (default mlp,cnn; gpt2 needs transformers)")
     parser.add_argument("--steps", type=int, default=200, help="timed steps per variant (default 200)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per variant first (default 10)")
     parser.add_argument("--rounds", type=int, default=10,
@@ -587,7 +630,9 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     args.bench = [b.strip() for b in args.bench.split(",") if b.strip()]
     unknown = [b for b in args.bench if b not in MODELS]
     if unknown or not args.bench:
-        parser.error(f"--bench: unknown bench {unknown[0] if unknown else '(none)'}; choose from {', '.join(BENCHES)}")
+        parser.error(f"--bench: unknown bench {unknown[0] if unknown else '(none)'}; choose from {', '.join(MODELS)}")
+    if "gpt2" in args.bench and importlib.util.find_spec("transformers") is None:
+        parser.error("--bench gpt2 needs Hugging Face transformers: pip install transformers")
     for flag in ("steps", "rounds", "threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1")
