@@ -22,12 +22,11 @@ def mean_abs(weight: torch.Tensor) -> torch.Tensor:
     dynamic-shape kernel made Inductor guard on the layer's size (``size <= 4096``), so a model
     with small and large layers compiled the kernel twice.
 
-    ``abs().mean()``: on a CPU ``linalg.vector_norm(w, 1)`` took 4x as long (448 against 106 µs
-    for a 512x784 weight, one thread), the temporary ``|w|`` included.
+    One ``vector_norm``, which allocates nothing. ``abs().mean()`` is 4x faster alone on a
+    CPU, but allocates ``|w|``, a tensor of the weight's size, and measured no faster inside a
+    training step (about 1.1 ms per MLP step either way, the two alternated in one process).
     """
-    if weight.numel() == 0:
-        return weight.new_zeros((), dtype=torch.float32)
-    return weight.detach().abs().mean(dtype=torch.float32)
+    return torch.linalg.vector_norm(weight.detach(), 1, dtype=torch.float32) / max(weight.numel(), 1)
 
 
 def mask(
