@@ -87,9 +87,9 @@ def _kernel_config():
 def kernel_scope():
     """The kernels' Dynamo settings (:func:`_kernel_config`) around any number of kernel calls.
 
-    Entering them writes four config values and leaving restores them: 15-20 µs, per call of
-    a kernel when each call enters them itself. The optimizer-step hooks enter the scope
-    once around all the layers of a step; nested scopes cost nothing more.
+    Entering them writes four config values and leaving restores them: about 18 µs, per call
+    of a kernel when each call enters them itself. The optimizer-step hooks enter the scope
+    once around all the layers of a step; a scope inside a scope only checks that (2.5 µs).
     """
     if _STATE["scopes"]:
         yield

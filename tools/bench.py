@@ -76,7 +76,7 @@ Usage::
     python tools/bench.py --device cuda --steps 200
     python tools/bench.py --bench mlp --no-compile --out /tmp/mlp.json
     python tools/bench.py --bench mlp --cold-compile  # compile times without Inductor's caches
-    python tools/bench.py --bench gpt2 --steps 60 --rounds 6 --no-compile  # a real transformer
+    python tools/bench.py --bench gpt2 --steps 100 --rounds 10 --no-compile  # a real transformer
 """
 
 from __future__ import annotations
