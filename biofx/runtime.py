@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 import weakref
 from typing import Callable
 
@@ -48,6 +49,11 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 _REGISTRATIONS = [0]
 _HANDLES: list = []
 _CACHE: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.WeakKeyDictionary()
+# Every weight a bio layer was registered with, by id: (a weak reference to it, the layer's
+# name); an optimizer that steps one that no live layer drives is warned once (_REPORTED). Not a
+# WeakKeyDictionary: its lookups compare tensors with ==, which is elementwise.
+_DRIVEN: dict = {}
+_REPORTED: weakref.WeakSet = weakref.WeakSet()
 # From the pre-step to the post-step hook: each layer's weight (this rank's shard) with
 # acts_on="update" (unless the optimizer is plain SGD), and DANN's interneuron weights (BioSynapses.correct_interneurons_before_step)
 _WEIGHT_BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -86,6 +92,8 @@ def register(synapses) -> None:
                 synapses.layer_name,
             )
     _LIVE.add(synapses)
+    weight = synapses.weight
+    _DRIVEN[id(weight)] = (weakref.ref(weight, lambda _, key=id(weight): _DRIVEN.pop(key, None)), synapses.layer_name)
     _REGISTRATIONS[0] += 1
 
 
@@ -96,19 +104,51 @@ def live_synapses() -> tuple[int, list]:
 
 # -- the optimizer-step hooks ---------------------------------------------------------------
 def _layers_of(optimizer: torch.optim.Optimizer) -> list:
+    """The live layers whose weight ``optimizer`` steps, in its parameter order (cached until a
+    layer registers or dies, a layer's weight is replaced, or the optimizer's parameters change)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     registrations, live = live_synapses()
     signature = (len(params), registrations)
     cached = _CACHE.get(optimizer)
     if cached is not None and cached[0] == signature:
-        return [s for s in (ref() for ref in cached[1]) if s is not None]
+        layers = [ref() for ref, _ in cached[1]]
+        if all(s is not None and s.weight is weight() for s, (_, weight) in zip(layers, cached[1])):
+            return layers
     position = {id(p): i for i, p in enumerate(params)}
     # Order by the optimizer's parameter order: the same on every rank, so collectives
     # (activity statistics under DDP) are issued in the same order everywhere.
     layers = [s for s in live if id(s.weight) in position and not s.superseded]
     layers.sort(key=lambda s: position[id(s.weight)])
-    _CACHE[optimizer] = (signature, [weakref.ref(s) for s in layers])
+    _CACHE[optimizer] = (signature, [(weakref.ref(s), weakref.ref(s.weight)) for s in layers])
+    _report_undriven(optimizer, params, layers)
     return layers
+
+
+def _report_undriven(optimizer: torch.optim.Optimizer, params: list, layers: list) -> None:
+    """Warn (once per optimizer) when it steps weights that bio layers drove and none drives now:
+    the bio model was garbage-collected, or a layer's weight was replaced by another Parameter
+    after the optimizer was built (``load_state_dict(assign=True)``, ``to_empty``). Those
+    weights would otherwise train plain without a word."""
+    if optimizer in _REPORTED:
+        return
+    driven = {id(s.weight) for s in layers}
+    names = []
+    for p in params:
+        entry = _DRIVEN.get(id(p))
+        if entry is not None and entry[0]() is p and id(p) not in driven:
+            names.append(entry[1])
+    if names:
+        _REPORTED.add(optimizer)
+        shown = ", ".join(repr(name) for name in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        warnings.warn(
+            f"biofx: this optimizer steps the weights of bio layers {shown}, but no live bio layer drives them "
+            "any more, so they train without the bio mechanisms: the model biofx.transform returned was "
+            "garbage-collected (keep a reference to it while training), or the layers' weights were replaced "
+            "by other Parameters after the optimizer was built (build the optimizer after load_state_dict("
+            "assign=True) or to_empty)",
+            RuntimeWarning,
+            stacklevel=6,  # the caller of optimizer.step() (through _layers_of, the pre-step hook and torch's wrapper)
+        )
 
 
 def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:

@@ -182,3 +182,50 @@ def test_retransforming_the_same_model_keeps_automatic_mechanisms():
     train_step(second, opt, torch.randn(2, 6))
     assert int(second.bio_layers()[0].step) == 1
     assert (second.bio_layers()[0].fuzzy_lr < 1).any()  # crystallized at this step
+
+
+def _step_warnings(opt):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.step()
+    return [w for w in caught if "no live bio layer drives them" in str(w.message)]
+
+
+def test_an_optimizer_whose_bio_model_was_collected_is_warned_once():
+    """The hooks find layers through a weak registry: when the transformed model is gone, its
+    weights would train plain without a word. The optimizer is warned, once, naming the layers,
+    at the caller's ``opt.step()``."""
+    import gc
+
+    x = torch.randn(3, 6)
+    bio = biofx.transform(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)), seed=0)
+    opt = torch.optim.SGD(bio.parameters(), lr=0.1)
+    bio(x).sum().backward()
+    assert _step_warnings(opt) == []  # alive: driven, nothing to report
+    del bio
+    gc.collect()
+    (warning,) = _step_warnings(opt)
+    assert issubclass(warning.category, RuntimeWarning) and warning.filename == __file__
+    assert "'0'" in str(warning.message) and "'2'" in str(warning.message)
+    assert _step_warnings(opt) == []  # once per optimizer
+
+
+def test_a_weight_replaced_after_the_optimizer_was_built_is_warned():
+    """load_state_dict(assign=True) gives the layers new Parameters: the optimizer built before
+    steps the old ones, which no bio layer drives; another optimizer over the new ones is fine."""
+    x = torch.randn(3, 6)
+    bio = biofx.transform(nn.Sequential(nn.Linear(6, 4)), automatic=("fuzzy",), seed=0)
+    stale = torch.optim.SGD(bio.parameters(), lr=0.1)
+    bio(x).sum().backward()
+    stale.step()
+    bio.load_state_dict({k: v.clone() for k, v in bio.state_dict().items()}, assign=True)
+    bio(x).sum().backward()
+    assert len(_step_warnings(stale)) == 1
+    fresh = torch.optim.SGD(bio.parameters(), lr=0.1)
+    layer = bio.bio_layers()[0]
+    before = layer.weight.detach().clone()
+    grad = layer.weight.grad.clone()
+    assert _step_warnings(fresh) == []
+    torch.testing.assert_close(layer.weight.detach(), before - 0.1 * grad * layer.fuzzy_lr)  # driven: g·f
