@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for biofx: the GPU, the CUDA tests, the CUDA benchmark.
+# GPU check for biofx: the GPU, the CUDA tests, the CUDA benchmark, the fixed cost per bio layer.
 #
 # Run from the repository root on a machine with a CUDA GPU, in a Python environment where
 # torch (with CUDA) and biofx's dependencies are importable:
@@ -9,7 +9,7 @@
 #
 # Arguments are passed on to tools/bench.py. PYTHON selects the interpreter (default: python).
 # biofx is installed with `pip install -e .` only if it is not importable already.
-# Exit status: non-zero if the CUDA tests or the benchmark failed (both always run).
+# Exit status: non-zero if the CUDA tests, the benchmark or the per-layer measure failed (all always run).
 set -uo pipefail
 
 PYTHON="${PYTHON:-python}"
@@ -57,7 +57,12 @@ out_args=()
 "$PYTHON" tools/bench.py --device cuda ${out_args[@]+"${out_args[@]}"} "$@"
 bench_status=$?
 
+section "fixed cost per bio layer: tools/layer_overhead.py --device cuda"
+"$PYTHON" tools/layer_overhead.py --device cuda
+overhead_status=$?
+
 section "summary"
 echo "CUDA tests: $([ "$tests_status" -eq 0 ] && echo passed || echo "FAILED (exit $tests_status)")"
 echo "benchmark:  $([ "$bench_status" -eq 0 ] && echo done || echo "FAILED (exit $bench_status)")"
-[ "$tests_status" -eq 0 ] && [ "$bench_status" -eq 0 ]
+echo "per layer:  $([ "$overhead_status" -eq 0 ] && echo done || echo "FAILED (exit $overhead_status)")"
+[ "$tests_status" -eq 0 ] && [ "$bench_status" -eq 0 ] && [ "$overhead_status" -eq 0 ]
