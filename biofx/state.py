@@ -129,6 +129,7 @@ class BioSynapses(nn.Module):
         if config.fuzzy_lr_storage == "counter":
             dtype, _ = fuzzy.dampening_count_type(config.dampening_factor, config.fuzzy_lr_max)
             self.register_buffer("fuzzy_dampenings", torch.zeros(weight.shape, dtype=dtype, device=device))
+            self._note_zero_counts()
         else:
             self.register_buffer("fuzzy_lr", fuzzy.initial_multipliers(weight, config, index, total, key))
         self.register_buffer("rng_key", torch.tensor(key, dtype=torch.int64, device=device))
@@ -206,10 +207,14 @@ class BioSynapses(nn.Module):
     def _apply(self, fn, recurse=True):
         """Move buffers with the model but keep their dtypes (bio state stays float32)."""
         dtypes = {name: b.dtype for name, b in self._buffers.items() if b is not None}
+        # zero counts moved are zero counts (but not from the meta device: to_empty leaves garbage)
+        zero_counts = not self._counts_may_be_nonzero() and self._buffers[self._per_weight].device.type != "meta"
         super()._apply(fn, recurse)
         for name, dtype in dtypes.items():
             if self._buffers[name].dtype != dtype:
                 self._buffers[name] = self._buffers[name].to(dtype)
+        if zero_counts:
+            self._note_zero_counts()
         return self
 
     def is_automatic(self, mechanism: registry.Mechanism) -> bool:
@@ -233,7 +238,10 @@ class BioSynapses(nn.Module):
         where = sharding.layout(self.weight, f"{self.layer_name}.weight")
         state = self._buffers[self._per_weight]
         if where is not None and not sharding.is_sharded(state):
+            zero_counts = not self._counts_may_be_nonzero()
             self._buffers[self._per_weight] = sharding.shard_like(state, where)
+            if zero_counts:
+                self._note_zero_counts()
         return where
 
     @property
@@ -248,7 +256,37 @@ class BioSynapses(nn.Module):
         if self.config.fuzzy_lr_storage == "buffer":
             return state
         seed = rng.stream_seed(self.rng_key, self.step.new_zeros(()), rng.FUZZY, (self._key_value(), 0))
-        return fuzzy.Recomputed(state, seed, self.fuzzy_law, sharding.offset(where))
+        return fuzzy.Recomputed(state, seed, self.fuzzy_law, sharding.offset(where), self._counts_may_be_nonzero())
+
+    def _note_zero_counts(self) -> None:
+        """Record that the crystallization counts (``fuzzy_lr_storage="counter"``) are all 0 now:
+        until anything writes them, f = f₀ and the kernels skip ``d^c``. Any write to the buffer
+        (crystallization, a load, an in-place edit) changes its version, ``.data =`` its data
+        pointer, and a new buffer its identity; :meth:`_counts_may_be_nonzero` then says yes."""
+        if self.config.fuzzy_lr_storage == "counter":
+            self.__dict__["_zero_counts"] = self._counts_signature()
+
+    def _counts_signature(self) -> tuple:
+        buffer = self._buffers["fuzzy_dampenings"]
+        local = sharding.local(buffer)
+        try:
+            version = local._version
+        except RuntimeError:  # an inference tensor keeps no version: never taken as untouched
+            version = None
+        return buffer, version, local.data_ptr()
+
+    def _counts_may_be_nonzero(self) -> bool:
+        """False only while the counts are known to be all 0 (see :meth:`_note_zero_counts`)."""
+        if self.config.fuzzy_lr_storage != "counter":
+            return True
+        noted = self.__dict__.get("_zero_counts")
+        if noted is None:
+            return True
+        now = self._counts_signature()
+        if noted[0] is now[0] and noted[1] is not None and noted[1:] == now[1:]:
+            return False
+        del self.__dict__["_zero_counts"]  # written since: drop the note (and the old buffer it holds)
+        return True
 
     def _key_value(self) -> int:
         """``rng_key``'s value on the host, read once per change of the buffer (a load), not per step."""
@@ -295,6 +333,7 @@ class BioSynapses(nn.Module):
         )
         for name, buffer in fresh.named_buffers():
             self._buffers[name].copy_(buffer)
+        self._note_zero_counts()
         self._sync_counters()
         if registry.DALE.is_on(self.config):
             self.dalian_network_initialization()

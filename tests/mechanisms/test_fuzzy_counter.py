@@ -207,3 +207,64 @@ def test_power_of_the_count_is_d_to_the_c(dampening):
     normal = expected > 1e-30  # (float32's subnormal range aside)
     torch.testing.assert_close(got[normal], expected[normal], rtol=1e-6, atol=0)
     assert (got[~normal] < 1e-29).all()
+
+
+def _recomputed_f(layer):
+    """f₀·d^c computed here from the layer's own draw and counts (independent of the skip)."""
+    law = layer.fuzzy_law
+    f0 = fuzzy.drawn(layer.weight.numel(), layer._multipliers(None).seed, law)
+    return (f0 * law[4] ** layer.fuzzy_dampenings.reshape(-1).double()).float().view(layer.weight.shape)
+
+
+def test_untouched_counts_skip_the_power_and_any_write_ends_the_skip():
+    """While every count is known to be 0 (fresh, reset, moved), f = f₀ and d^c is skipped;
+    a crystallization, an in-place edit, ``.data =``, a load or a new buffer end the skip, and
+    f is then f₀·d^c again."""
+    bio = biofx.transform(mlp(), fuzzy_lr_storage="counter", automatic=("fuzzy",), seed=3)
+    layer = bio.bio_layers()[0]
+    assert layer._multipliers(None).dampened is False
+    torch.testing.assert_close(layer.fuzzy_multipliers(), _recomputed_f(layer))
+    bio.to(torch.device("cpu"))  # a move keeps the note
+    assert layer._multipliers(None).dampened is False
+
+    layer.fuzzy_dampenings[0, :5] = 3  # an in-place edit
+    assert layer._multipliers(None).dampened is True
+    torch.testing.assert_close(layer.fuzzy_multipliers(), _recomputed_f(layer))
+    assert layer.fuzzy_multipliers()[0, 0] < layer.fuzzy_multipliers()[1, 0] * 0.6**2  # d³ applied
+
+    layer.reset_bio_state()  # zeroed again: skipped again
+    assert layer._multipliers(None).dampened is False
+    layer.fuzzy_dampenings.data = torch.full_like(layer.fuzzy_dampenings, 2)  # no version change
+    assert layer._multipliers(None).dampened is True
+    torch.testing.assert_close(layer.fuzzy_multipliers(), _recomputed_f(layer))
+
+    source = biofx.transform(mlp(), fuzzy_lr_storage="counter", automatic=(), crystal_thresh=0.5, seed=3)
+    source(torch.randn(8, 12)).square().sum().backward()
+    source.crystallize()  # writes counts: no longer skipped
+    crystallized = source.bio_layers()[0]
+    assert crystallized.fuzzy_dampenings.any() and crystallized._multipliers(None).dampened is True
+    for assign in (False, True):
+        fresh = biofx.transform(mlp(), fuzzy_lr_storage="counter", seed=3)
+        fresh.load_state_dict(source.state_dict(), assign=assign)
+        loaded = fresh.bio_layers()[0]
+        assert loaded._multipliers(None).dampened is True
+        torch.testing.assert_close(loaded.fuzzy_multipliers(), crystallized.fuzzy_multipliers())
+    assert copy.deepcopy(bio).bio_layers()[0]._multipliers(None).dampened is True  # a copy: not vouched for
+
+
+def test_skipping_the_power_trains_as_the_buffer_does_with_compiled_kernels(fused_kernels):
+    """Fuzzy rates alone (counts never written, the power skipped in the fused kernel) equal
+    the buffer storage; crystallizing on top ends the skip mid-run and still matches."""
+    from biofx import kernels
+
+    kernels.set_enabled(True, after_calls=0)
+    for automatic in (("fuzzy",), ("fuzzy", "crystallize")):
+        counter, stored = pair(automatic=automatic, crystal_thresh=0.05)
+        opts = [torch.optim.SGD(m.parameters(), lr=0.3) for m in (counter, stored)]
+        for model, opt in zip((counter, stored), opts):
+            train(model, opt, 4)
+        for c, s in zip(counter.bio_layers(), stored.bio_layers()):
+            torch.testing.assert_close(c.weight, s.weight, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(c.fuzzy_multipliers(), s.fuzzy_lr, rtol=1e-5, atol=1e-7)
+        crystallized = any(layer.fuzzy_dampenings.any() for layer in counter.bio_layers())
+        assert crystallized == ("crystallize" in automatic)
