@@ -1,6 +1,7 @@
 """tools/bench.py: runs end to end on tiny models, writes a well-formed report; ratios come from the
 per-round medians of the same run, the turn order rotates, CPU peak memory is measured."""
 
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -33,7 +34,7 @@ VARIANT_KEYS = {
     "first_step_s", "first_step_cache", "warmup_s", "step_peak_bytes", "state_bytes_per_weight", "params_finite",
 }
 META_KEYS = {
-    "timestamp", "device", "device_name", "cpu_count", "threads", "torch", "biofx", "reference", "python",
+    "timestamp", "device", "device_name", "cpu_capability", "cpu_count", "threads", "torch", "biofx", "reference", "python",
     "steps", "warmup", "rounds", "small", "compile", "fused_kernels", "cold_compile",
     "compiler_warmup_s", "memory_method",
 }
@@ -73,6 +74,9 @@ def test_meta(report):
     assert (meta["steps"], meta["warmup"], meta["rounds"]) == (STEPS, 2, ROUNDS)
     assert meta["threads"] == (1 if os.cpu_count() <= 2 else torch.get_num_threads())  # the threads used
     assert "profiler" in meta["memory_method"]
+    assert meta["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    reference = importlib.util.find_spec("bio_transformations") is not None
+    assert meta["reference"] == (importlib.metadata.version("pytorch_bio_transformations") if reference else None)
 
 
 @pytest.mark.parametrize("cores, expected", [(1, 1), (2, 1), (4, None), (16, None)])

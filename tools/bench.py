@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -490,6 +491,14 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _reference_version() -> str:
+    """The reference library's version: it defines no ``__version__``, so from its package metadata."""
+    try:
+        return importlib.metadata.version("pytorch_bio_transformations")
+    except importlib.metadata.PackageNotFoundError:  # imported from a source tree
+        return getattr(bio_transformations, "__version__", "unknown")
+
+
 def _meta(args: argparse.Namespace, device: torch.device) -> dict:
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
@@ -503,7 +512,8 @@ def _meta(args: argparse.Namespace, device: torch.device) -> dict:
         "threads": torch.get_num_threads(),  # the number used: --threads, or the default chosen in main()
         "torch": torch.__version__,
         "biofx": biofx.__version__,
-        "reference": getattr(bio_transformations, "__version__", "unknown") if bio_transformations else None,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector ISA torch's and Inductor's CPU code uses
+        "reference": _reference_version() if bio_transformations else None,
         "python": platform.python_version(),
         "steps": args.steps,
         "warmup": args.warmup,
@@ -536,8 +546,11 @@ _HEADER = (
 
 def format_meta(meta: dict) -> str:
     """The line that opens the table: machine, settings."""
+    machine = meta["device_name"]
+    if meta["device"] == "cpu" and meta.get("cpu_capability"):
+        machine += f", {meta['cpu_capability']}"
     return (
-        f"device: {meta['device']} ({meta['device_name']}), threads {meta['threads']}, torch {meta['torch']}, "
+        f"device: {meta['device']} ({machine}), threads {meta['threads']}, torch {meta['torch']}, "
         f"{meta['steps']} timed steps ({meta['rounds']} rounds, rotating order) after {meta['warmup']} warmup\n"
         f"ratio: median over rounds of (round median / baseline's round median); range: min-max of those; "
         f"1st step: first warmup step (compile time when compiled); step peak: {meta['memory_method']}; "
