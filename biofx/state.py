@@ -262,7 +262,9 @@ class BioSynapses(nn.Module):
         """Record that the crystallization counts (``fuzzy_lr_storage="counter"``) are all 0 now:
         until anything writes them, f = f₀ and the kernels skip ``d^c``. Any write to the buffer
         (crystallization, a load, an in-place edit) changes its version, ``.data =`` its data
-        pointer, and a new buffer its identity; :meth:`_counts_may_be_nonzero` then says yes."""
+        pointer, and a new buffer its identity; :meth:`_counts_may_be_nonzero` then says yes.
+        A write that bypasses the version counter (through ``.data`` or a NumPy alias) is not
+        seen; docs/concepts.rst tells users to edit the buffer itself."""
         if self.config.fuzzy_lr_storage == "counter":
             self.__dict__["_zero_counts"] = self._counts_signature()
 
