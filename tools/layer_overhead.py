@@ -39,6 +39,7 @@ CASES = {
     "fuzzy (the default)": ("fuzzy",),
     "fuzzy + volume + crystallize": ("fuzzy", "volume", "crystallize"),
 }
+WARMUP = 20  # untimed steps per case: state built, fused kernels compiled (or loaded from Inductor's cache)
 OPTIMIZERS = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.01),
     "adam": lambda params: torch.optim.Adam(params, lr=1e-3),
@@ -80,12 +81,12 @@ def per_layer_us(
     """(bio − plain) / layers, in µs, for each round."""
     bio = _stepper(biofx.transform(_stack(layers, device), automatic=automatic, seed=0), optimizer, device)
     plain = _stepper(_stack(layers, device), optimizer, device)
-    for _ in range(20):  # warmup: state, fused kernels compiled (or loaded from Inductor's cache)
+    for _ in range(WARMUP):
         bio()
         plain()
     rounds_us = [(_round_median_us(bio, steps) - _round_median_us(plain, steps)) / layers for _ in range(rounds)]
     taken = {layer.steps.value for layer in bio.model.bio_layers()}
-    if taken != {20 + steps * rounds}:  # every bio step went through biofx's hooks
+    if taken != {WARMUP + steps * rounds}:  # every bio step went through biofx's hooks
         raise RuntimeError(f"biofx's step hooks did not act on every step: step counters {sorted(taken)}")
     return rounds_us
 
