@@ -2,8 +2,8 @@
 
 >>> import torch.nn as nn, biofx
 >>> bio = biofx.transform(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
->>> [layer.layer_name for layer in bio.bio_layers()]
-['0', '2']
+>>> [type(layer).__name__ for layer in bio]
+['BioLinear', 'ReLU', 'BioLinear']
 """
 
 import importlib
@@ -11,7 +11,8 @@ import sys
 
 from .config import DEFAULT_BIO_CONFIG, BioConfig, ConfigMap, Distribution
 from .layers import LayerKind, register_layer_kind
-from .model import BioGraphModule
+from .bio_layer import BioLayer
+from .model import BioMethods
 from .state import BioSynapses
 from .tracing import BioTracer, TraceError
 from .transform import TransformReport, transform
@@ -41,7 +42,8 @@ __all__ = [
     "DEFAULT_BIO_CONFIG",
     "transform",
     "TransformReport",
-    "BioGraphModule",
+    "BioLayer",
+    "BioMethods",
     "BioSynapses",
     "BioTracer",
     "TraceError",

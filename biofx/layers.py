@@ -43,6 +43,9 @@ class LayerKind:
     emit: Callable[[fx.Graph, fx.Node, fx.Node, Optional[fx.Node], nn.Module], fx.Node]
     limits: Optional[Callable[[nn.Module], Optional[str]]] = None
 
+    def __reduce__(self):  # pickled by its layer type: its emit functions are not importable
+        return (kind_for_type, (self.module_type,))
+
     def out_features(self, module: nn.Module) -> int:
         return module.weight.shape[self.out_axis]
 
@@ -62,7 +65,12 @@ def register_layer_kind(kind: LayerKind) -> LayerKind:
 
 def kind_of(module: nn.Module) -> Optional[LayerKind]:
     """The registered kind of ``module`` (most specific class first), or ``None``."""
-    for cls in type(module).__mro__:
+    return kind_for_type(type(module))
+
+
+def kind_for_type(module_type: type) -> Optional[LayerKind]:
+    """The registered kind of a module class (most specific class first), or ``None``."""
+    for cls in module_type.__mro__:
         if cls in LAYER_KINDS:
             return LAYER_KINDS[cls]
         lazy = _LAZY_KINDS.get((cls.__module__, cls.__name__))

@@ -1,11 +1,17 @@
-"""The model-level API of a transformed model: :class:`BioMethods` and :class:`BioGraphModule`.
+"""The model-level API of a transformed model: :class:`BioMethods`.
 
+``biofx.transform`` keeps the model's tree and gives its root the class ``(BioMethods,
+<its class>)`` (same name, methods and ``forward``; see :func:`biofx.bio_layer.bio_class`).
 Every method acts on all bio layers of the model (their :class:`~biofx.state.BioSynapses`),
 calling the layer-level method of the same name (the mechanism's ``method`` in
 :mod:`biofx.registry`).
 Gradient methods act once on ``.grad`` when called (the reference's explicit way); for a
 mechanism a layer already runs automatically (``BioConfig.automatic``) the call is a no-op
 with a one-time warning, so nothing is ever applied twice.
+
+What the transform saw is kept on the root: the model graph (:attr:`BioMethods.bio_graph`),
+how it was captured, the layers left plain and why. :attr:`BioMethods.bio_report` is derived
+from the tree as it is now, so a layer replaced after the transform is listed as plain.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from typing import Any, Optional
 
 import torch
 import torch.fx as fx
-from torch.utils import _pytree as pytree
+import torch.nn as nn
 
 from . import registry
+from .bio_layer import BioLayer, reduce_converted
 from .mechanisms import dale
 from .state import RANK_LOCAL_BUFFERS, STATE_ROOT, BioSynapses
 
-__all__ = ["BioMethods", "BioGraphModule", "keep_state"]
+__all__ = ["BioMethods"]
 
 STATE_PREFIX = f"{STATE_ROOT}."
 
@@ -31,7 +38,10 @@ class BioMethods:
 
     def bio_layers(self) -> list[BioSynapses]:
         """The state modules of all bio layers, in execution order (one per weight)."""
-        layers = [m for m in self.modules() if isinstance(m, BioSynapses) and m.managed]
+        layers = sorted(
+            {id(m): m for m in self.modules() if isinstance(m, BioSynapses) and m.managed}.values(),
+            key=lambda state: state.index,
+        )
         stale = [layer.layer_name for layer in layers if layer.superseded]
         if stale:
             raise RuntimeError(
@@ -210,78 +220,85 @@ class BioMethods:
         """Total bytes of bio state."""
         return sum(layer.state_bytes() for layer in self.bio_layers())
 
+    # -- what the transform saw, and the tree as it is now ---------------------------------
+    @property
+    def bio_graph(self) -> Optional[fx.GraphModule]:
+        """The whole model as a ``torch.fx.GraphModule`` with the bio layers as ``call_module``
+        leaves (traced by ``torch.fx``, or captured by ``torch.export``), for seeing: the model
+        runs its own ``forward``. ``None`` when neither could capture it (the transform then
+        planned from the module tree; ``bio_report.capture`` says why). Not saved with the
+        model: after loading, it is traced again on first use."""
+        if "_biofx_graph" not in self.__dict__:
+            from .tracing import TraceError, trace
 
-class BioGraphModule(BioMethods, fx.GraphModule):
-    """A ``torch.fx.GraphModule`` with bio layers and the model-level bio methods.
+            try:
+                self.__dict__["_biofx_graph"] = trace(self)
+            except TraceError:
+                self.__dict__["_biofx_graph"] = None
+        return self.__dict__["_biofx_graph"]
 
-    ``bio_report`` (a :class:`~biofx.report.TransformReport`) tells what was converted.
-    """
+    @property
+    def bio_report(self):
+        """What was converted (:class:`~biofx.report.TransformReport`), from the tree as it is:
+        every bio layer, every layer left plain with the reason (a layer of a known kind that
+        appeared after the transform, e.g. a replaced head, is listed as such)."""
+        from .report import layer_report, TransformReport
 
-    def keep_state(self, source: torch.nn.Module) -> None:
-        """Keep ``source``'s submodules, root parameters, buffers and attributes as they are.
+        converted, seen = [], set()
+        for path, module in self.named_modules(remove_duplicate=False):
+            if isinstance(module, BioLayer):
+                converted.append(layer_report(path, module))
+                seen.add(path)
+        plain = list(self.__dict__.get("_biofx_plain", ()))
+        for path in self.unconverted_new_layers():
+            plain.append((path, "appeared after biofx.transform (a replaced or added layer): it trains plain"))
+        passes = self.__dict__.get("_biofx_passes", ())
+        return TransformReport(tuple(converted), tuple(plain), passes, self.__dict__.get("_biofx_capture", "fx"))
 
-        The GraphModule constructor (also used by unpickling and deepcopy) rebuilds only what
-        the graph reads: a layer whose weight the graph reads through ``get_attr`` would come
-        back as an empty ``nn.Module``, and unread buffers (``num_batches_tracked``) would be
-        dropped. This keeps the original layer objects (``bio.fc1`` stays an ``nn.Linear``),
-        the bio state modules and every key of the original ``state_dict()``.
-        """
-        keep_state(source, self)
+    def unconverted_new_layers(self) -> list[str]:
+        """Paths of layers of a known kind that are neither bio nor listed plain by the transform:
+        they were put into the model after it (``model.fc = nn.Linear(...)``)."""
+        from .layers import kind_of
 
-    def _deepcopy_init(self):
-        def init(copy, source, graph):
-            fx.GraphModule.__init__(copy, source, graph, type(self).__name__)
-            copy.keep_state(source)
+        known = {name for name, _ in self.__dict__.get("_biofx_plain", ())}
+        return [
+            path
+            for path, module in self.named_modules()
+            if kind_of(module) is not None and not isinstance(module, BioLayer) and path not in known
+        ]
 
-        return init
+    def convert_replaced_layers(self) -> list[str]:
+        """Convert the plain layers now standing where the transform converted one (a head
+        replaced for fine-tuning, Hugging Face's ``resize_token_embeddings``), with that
+        layer's config, rule and index; their state is drawn from their current weights.
+        Returns their paths. A layer at a new path needs a new transform of the model."""
+        from .pipeline import reconvert
 
-    def __reduce__(self):
-        reducer, (body, import_block) = super().__reduce__()
-        body["_graphmodule_cls_name"] = type(self).__name__
-        if isinstance(self.graph._codegen, fx.graph._PyTreeCodeGen):  # a torch.export capture
-            body["_biofx_codegen"] = self.graph._codegen
-        return (_rebuild, (body, import_block))
+        return reconvert(self)
+
+    # -- pickling and copies ----------------------------------------------------------------
+    def __reduce_ex__(self, protocol: int):
+        return reduce_converted(self)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        from . import runtime
+
+        runtime.register_model(self)
+
+
+class FollowsResize:
+    """Mixin of a transformed Hugging Face model: ``resize_token_embeddings`` replaces an untied
+    output layer with a new plain ``nn.Linear`` (Llama); it is converted again with its plan,
+    so it keeps training bio. (A tied head keeps its bio layer: its state follows the new
+    weight, see :meth:`biofx.BioSynapses.follow_weight`.)"""
+
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any):
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        self.convert_replaced_layers()
+        return embeddings
 
 
 def _bio_key(key: str) -> bool:
     """Whether a ``state_dict`` key is biofx's own (bio state, DANN interneuron weights)."""
     return STATE_PREFIX in key or key.rsplit(".", 1)[-1] in dale.INTERNEURON_PARAMS
-
-
-def _rebuild(body: dict, import_block: str) -> BioGraphModule:
-    """Unpickle a :class:`BioGraphModule` (``torch.save(model)`` / ``torch.load``).
-
-    Unpickling re-traces the code; a captured graph's input/output pytree handling
-    (``biofx.capture``: a Hugging Face ``ModelOutput`` comes back as one) is restored after.
-    """
-    from torch.fx.graph_module import _deserialize_graph_module, _forward_from_src
-
-    forward = _forward_from_src(import_block + body["_code"], {})
-    codegen = body.pop("_biofx_codegen", None)
-    source = torch.nn.Module.__new__(torch.nn.Module)
-    source.__dict__.update(body)
-    gm = _deserialize_graph_module(forward, body, graph_module_cls=BioGraphModule)
-    gm.keep_state(source)
-    if codegen is not None:  # the re-trace flattened the inputs and made the output a dict
-        output = gm.graph.output_node()
-        output.args = (tuple(pytree.tree_leaves(output.args[0])),)
-        gm.graph._codegen = codegen
-        gm.recompile()
-    return gm
-
-
-def keep_state(source: torch.nn.Module, target: torch.nn.Module) -> None:
-    """Give ``target`` the submodules, root parameters/buffers and other attributes of ``source``."""
-    for name, child in source._modules.items():
-        if child is not None:
-            target._modules[name] = child
-    for name, param in source._parameters.items():
-        if param is not None:
-            target.register_parameter(name, param)
-    for name, buffer in source._buffers.items():
-        if buffer is not None:
-            target.register_buffer(name, buffer, persistent=name not in source._non_persistent_buffers_set)
-    for name, value in vars(source).items():  # stride, config, bio_report, ...: code around the module reads them
-        if not hasattr(type(target), name):  # not a forward or compiled call of the source
-            target.__dict__.setdefault(name, value)
-

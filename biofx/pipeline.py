@@ -1,106 +1,116 @@
-"""The pipeline: trace → plan → number → build, for a whole model or for its parts.
+"""The pipeline: see → plan → number → build, in place.
 
 ::
 
-    model ──trace──▶ GraphModule ──plan──▶ BioLayers ──number──▶ ──build (passes)──▶ BioGraphModule
-           (torch.fx, torch.export,         per graph     once, for the
-            or a one-layer graph)                          whole model
+    model ──see──▶ model graph ──plan──▶ BioLayers ──number──▶ ──build──▶ the model, its tree kept
+          (torch.fx, torch.export,    (configs,       (index, seed,   each layer: class Bio<Name>,
+           else the module tree)       plain + why)    split)         its own graph through the passes
 
-:func:`biofx.transform` converts a model as one :class:`Graph`; the fallback
-(:mod:`biofx.fallback`) as several, one per part that traces, each with its module path as
-``prefix``. Both call :func:`convert`, so the rules are the same:
-
-* **plan** (:func:`biofx.passes.plan.plan_layers`): the layers of each graph, their configs
-  chosen by full module path, and the layers left plain with the reason;
-* **number** (:func:`number`), once over all graphs: each layer's index (RNG key and
-  LAYER_ADAPTIVE's l among L), its seed, and weight splitting, where the model's last bio
-  layer is skipped (the last graph's last-called layer);
-* **build** (:func:`build`): the passes (:data:`biofx.passes.PASSES`), the weight-flow check,
-  and the :class:`~biofx.BioGraphModule` with its report. Build only assembles: every change
-  to the model (state modules, Dale initialization) happens in a pass.
-
-A model that is itself one layer becomes a graph that calls it once
-(:func:`root_layer_graph`) and goes through the same ``inline_layers`` pass as every layer.
+* **see** (:func:`see`): the whole model as an ``fx.GraphModule`` with the layers as
+  ``call_module`` leaves: ``torch.fx`` (:func:`biofx.tracing.trace`), else ``torch.export``
+  with example inputs (:func:`biofx.capture.export_graph`), else none (the module tree,
+  with a note). The graph is for planning, the report and drawings: the model keeps running
+  its own Python ``forward``.
+* **plan** (:func:`biofx.passes.plan.plan_layers` / :func:`~biofx.passes.plan.plan_modules`):
+  the layers to convert, their configs chosen by module path, the layers left plain with
+  the reason.
+* **number** (:func:`number`): each layer's index (RNG key and LAYER_ADAPTIVE's l among L),
+  its seed, and weight splitting, where the output layer is skipped.
+* **build** (:func:`build_layer`): the layer's class becomes ``Bio<Name>`` (in place: the
+  same object, its parameters, hooks and mode kept) and its own graph
+  (:func:`biofx.bio_layer.layer_graph`) goes through the passes (:data:`biofx.passes.PASSES`).
+  Every change to the model (state modules, Dale initialization) happens in a pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+from typing import Any, Optional
 
 import torch.fx as fx
 import torch.nn as nn
 
+from . import capture as capture_
+from .bio_layer import bio_class, layer_graph
 from .config import ConfigMap, Distribution
 from .layers import kind_of
-from .model import BioGraphModule, keep_state
 from .passes import run_passes
-from .passes.inline_layers import inline_call
 from .passes.plan import (
+    BioLayer,
     check_weight_flow,
     convertible_modules,
-    last_called,
+    output_layer,
     plan_layers,
-    plan_root_layer,
+    plan_modules,
     plan_splitting,
 )
-from .report import TransformReport, layer_report
+from .tracing import TraceError, trace
 
-__all__ = ["Graph", "convert", "plan", "number", "build", "root_layer_graph"]
+log = logging.getLogger("biofx")
+
+__all__ = ["Seen", "LayerPlan", "see", "plan", "number", "build_layer", "convert", "reconvert"]
 
 
 @dataclasses.dataclass
-class Graph:
-    """A graph to convert: the whole model (``prefix=""``) or the part at ``prefix``.
+class Seen:
+    """The model as the transform saw it: its graph (``None``: not captured), how, and the
+    reasons a capture gives for layers it left plain."""
 
-    ``module`` is the traced module; ``capture`` how ``gm`` was captured (for the report);
-    ``reasons`` replace the plan's reason for layers left plain (a capture knows better).
-    The plan fills ``layers`` and ``plain``.
-    """
-
-    module: nn.Module
-    gm: fx.GraphModule
-    prefix: str = ""
-    capture: str = "fx"
+    gm: Optional[fx.GraphModule]
+    capture: str
     reasons: dict = dataclasses.field(default_factory=dict)
-    layers: list = dataclasses.field(default_factory=list)
-    plain: list = dataclasses.field(default_factory=list)
 
 
-def root_layer_graph(layer: nn.Module) -> fx.GraphModule:
-    """The graph of a model that is one layer: ``input → layer(input) → output``.
+def see(model: nn.Module, leaf_modules: tuple, concrete_args: Any, example_inputs: Any, mode: str) -> Seen:
+    """Capture the model graph: ``mode`` ``"auto"`` (torch.fx, else torch.export when
+    ``example_inputs`` are given, else the module tree), ``"export"`` (torch.export only:
+    errors raised) or ``"modules"`` (the module tree, no graph)."""
+    if mode == "modules":
+        return Seen(None, "module tree (capture='modules')")
+    error = None
+    if mode == "auto":
+        try:
+            return Seen(trace(model, leaf_modules, concrete_args), "fx")
+        except TraceError as err:
+            error = err
+    if example_inputs is None and mode == "export":
+        example_inputs = capture_.default_inputs(model)
+        if example_inputs is None:
+            raise ValueError(
+                f"capture='export' needs example inputs for {type(model).__name__}: pass "
+                "example_inputs={'name': tensor, ...} (or a tuple of positional inputs)"
+            )
+    if example_inputs is not None:
+        try:
+            captured = capture_.export_graph(model, example_inputs)
+            return Seen(captured.gm, captured.label, captured.plain)
+        except capture_.CaptureError as err:
+            if mode == "export":
+                raise
+            error = err
+    why = str(error).partition(" Fixes:")[0]
+    hint = "" if example_inputs is not None else "; pass example_inputs= (one batch) to capture it with torch.export"
+    log.info("biofx: %s; planning from the module tree%s", why, hint)
+    return Seen(None, f"module tree ({why}{hint})")
 
-    The call's target is ``""`` (the graph module itself holds the layer's parameters and
-    attributes); the ``inline_layers`` pass replaces it with the functional call.
-    """
-    graph = fx.Graph()
-    x = graph.placeholder("input")
-    output = graph.output(x)
-    gm = fx.GraphModule(layer, graph, type(layer).__name__)
-    keep_state(layer, gm)
-    with gm.graph.inserting_before(output):
-        call = gm.graph.call_module("", (x,))
-    output.args = (call,)
-    return gm
 
-
-def plan(graph: Graph, config_map: ConfigMap) -> None:
-    """The graph's layers and the ones left plain (see :mod:`biofx.passes.plan`)."""
-    if kind_of(graph.module) is not None:  # a one-layer graph (root_layer_graph)
-        graph.layers, graph.plain = plan_root_layer(graph.gm, config_map, graph.module, graph.prefix)
-        if not graph.layers:  # left plain: the call becomes the plain functional one
-            site = next(node for node in graph.gm.graph.nodes if node.op == "call_module")
-            inline_call(graph.gm, site, "", graph.module, kind_of(graph.module))
+def plan(seen: Seen, model: nn.Module, config_map: ConfigMap, leaf_modules: tuple) -> tuple[list, list]:
+    """The layers to convert (in execution order) and ``(name, reason)`` for those left plain."""
+    if seen.gm is None:
+        layers, plain = plan_modules(model, config_map, leaf_modules)
     else:
-        graph.layers, plain = plan_layers(graph.gm, config_map, graph.module, graph.prefix)
-        graph.plain = [(name, graph.reasons.get(name, reason)) for name, reason in plain]
+        layers, plain = plan_layers(seen.gm, config_map, model)
+        plain = [(name, seen.reasons.get(name, reason)) for name, reason in plain]  # a capture knows better
+    config_map.check_all_used([name for name, _ in convertible_modules(model)])
+    return layers, plain
 
 
-def number(graphs: list, seed: int) -> None:
-    """Number the layers of all graphs once, in order: index, total, seed, LAYER_ADAPTIVE's
-    l and L, and weight splitting (the model's last bio layer is skipped when there are several)."""
-    layers = [layer for graph in graphs for layer in graph.layers]
+def number(layers: list, seed: int) -> None:
+    """Number the layers once, in order: index, total, seed, LAYER_ADAPTIVE's l and L, and
+    weight splitting (the output layer is skipped when there are several)."""
     total = len(layers)
-    last = last_called([g for g in graphs if g.layers][-1].layers) if total > 1 else None
+    last = output_layer(layers) if total > 1 else None
     for index, layer in enumerate(layers):
         layer.index, layer.total = index, total
         cfg = layer.config
@@ -113,24 +123,73 @@ def number(graphs: list, seed: int) -> None:
     plan_splitting(layers, last)
 
 
-def build(graph: Graph) -> BioGraphModule:
-    """Run the passes on a planned and numbered graph; return the bio model with its report."""
-    gm, layers = graph.gm, graph.layers
-    records = run_passes(gm, layers)
-    check_weight_flow(gm, layers)
-    bio = BioGraphModule(gm, gm.graph, f"Bio{type(graph.module).__name__}")
-    bio.keep_state(gm)
-    converted = tuple(layer_report(layer, bio.biofx_state[layer.state_key]) for layer in layers)
-    passes = tuple((record.name, len(record.inserted)) for record in records)
-    bio.bio_report = TransformReport(converted, tuple(graph.plain), passes, graph.capture)
-    return bio
+def share_states(layers: list, model: nn.Module) -> None:
+    """Tied weights: which other modules (not bio layers) hold each layer's weight."""
+    bio_weights = {id(layer.module.weight) for layer in layers}
+    bio_paths = {layer.path for layer in layers}
+    readers: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name in bio_paths:
+            continue
+        for param_name, param in module.named_parameters(recurse=False):
+            if id(param) in bio_weights:
+                readers.setdefault(id(param), []).append(f"{name}.{param_name}" if name else param_name)
+    for layer in layers:
+        layer.shared_with = tuple(readers.get(id(layer.module.weight), ()))
 
 
-def convert(graphs: list, config_map: ConfigMap, model: nn.Module, seed: int) -> list[BioGraphModule]:
-    """Plan every graph, check that every ConfigMap entry of ``model`` matched a layer, number
-    once, and build each graph into a bio model (in the order given)."""
-    for graph in graphs:
-        plan(graph, config_map)
-    config_map.check_all_used([name for name, _ in convertible_modules(model)])
-    number(graphs, seed)
-    return [build(graph) for graph in graphs]
+def build_layer(layer: BioLayer, root: bool = False) -> list:
+    """Convert one planned layer in place: its class becomes ``Bio<Name>`` and its own graph
+    goes through the passes. Returns the passes' records."""
+    module = layer.module
+    module.__class__ = bio_class(type(module), root=root, layer=True)
+    module.graph = layer_graph()
+    layer.name = ""  # targets in the layer's own graph are relative to the layer
+    layer.sites = [next(node for node in module.graph.nodes if node.op == "call_module")]
+    records = run_passes(module, [layer])
+    check_weight_flow(module, [layer])
+    module.bio_plan = LayerPlan(layer.config, layer.rule, layer.index, layer.total, layer.seed, layer.split)
+    return records
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """A bio layer's plan (``bio.fc.bio_plan``): its config, the ConfigMap rule that chose it,
+    its index among the ``total`` bio layers, its seed, and whether its outputs are split. The
+    transform keeps them by path, to convert a layer that replaces it (:func:`reconvert`)."""
+
+    config: Any
+    rule: str
+    index: int
+    total: int
+    seed: int
+    split: bool
+
+
+def convert(model: nn.Module, layers: list, root_is_layer: bool) -> dict:
+    """Build every planned layer (tied weights share one state); returns the pass counts."""
+    share_states(layers, model)
+    states: dict[int, Any] = {}
+    counts: dict[str, int] = {}
+    for layer in layers:
+        layer.state = states.get(id(layer.module.weight))
+        for record in build_layer(layer, root=root_is_layer and layer.module is model):
+            counts[record.name] = counts.get(record.name, 0) + len(record.inserted)
+        states[id(layer.module.weight)] = layer.state
+    return counts
+
+
+def reconvert(model: nn.Module) -> list[str]:
+    """Convert plain layers standing where the transform converted one (see
+    :meth:`biofx.model.BioMethods.convert_replaced_layers`)."""
+    plans = model.__dict__.get("_biofx_plans", {})
+    layers = []
+    for path in model.unconverted_new_layers():
+        if path not in plans:
+            continue
+        module, was = model.get_submodule(path), plans[path]
+        layer = BioLayer(path, module, kind_of(module), was.config, was.rule, [], path=path)
+        layer.index, layer.total, layer.seed, layer.split = was.index, was.total, was.seed, was.split
+        layers.append(layer)
+    convert(model, layers, root_is_layer=False)
+    return [layer.path for layer in layers]

@@ -1,12 +1,9 @@
-"""What a transform did, and its views: :class:`TransformReport`, :class:`FallbackReport`
-and :func:`summary`.
+"""What a transform did, and its views: :class:`TransformReport` and :func:`summary`.
 
-Every bio model carries ``bio_report``: the converted layers (:class:`LayerReport`, with the
+Every bio model has ``bio_report``: the converted layers (:class:`LayerReport`, with the
 mechanisms on for each, read from :mod:`biofx.registry`), the layers left plain with the
-reason, the pass counts and how the graph was captured. A model converted in parts
-(:mod:`biofx.fallback`) gets a :class:`FallbackReport`, which also lists the parts and the
-modules run eagerly. :func:`summary` is the table view of a report with the live bio-state
-bytes.
+reason, the pass counts and how the model graph was captured. It is derived from the model's
+tree when asked (:attr:`biofx.model.BioMethods.bio_report`). :func:`summary` is its table view.
 
 >>> import torch.nn as nn, biofx
 >>> from biofx.report import summary
@@ -26,7 +23,7 @@ from .model import BioMethods
 
 log = logging.getLogger("biofx")
 
-__all__ = ["LayerReport", "TransformReport", "FallbackReport", "Summary", "summary", "layer_report", "log_plain"]
+__all__ = ["LayerReport", "TransformReport", "Summary", "summary", "layer_report", "log_plain"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +49,7 @@ class TransformReport:
     converted: tuple
     plain: tuple  # (name, reason)
     passes: tuple  # (pass name, nodes inserted)
-    capture: str = "fx"  # how the graph was captured: "fx", "export (inputs: ...)", "fallback (N parts)"
+    capture: str = "fx"  # how the model graph was captured: "fx", "export (inputs: ...)", "module tree (...)"
 
     def __str__(self) -> str:
         lines = [f"biofx converted {len(self.converted)} layer(s), captured by {self.capture}:"]
@@ -65,39 +62,17 @@ class TransformReport:
         return "\n".join(lines)
 
 
-@dataclasses.dataclass(frozen=True)
-class FallbackReport(TransformReport):
-    """A :class:`TransformReport` for a model converted in parts.
-
-    ``parts``: paths of the converted parts (each a BioGraphModule); ``eager``:
-    ``(path, reason)`` for the modules that did not trace and run eagerly around them
-    (``""`` is the root).
-    """
-
-    parts: tuple = ()
-    eager: tuple = ()
-
-    def __str__(self) -> str:
-        lines = [super().__str__(), f"traced in {len(self.parts)} part(s): {', '.join(self.parts)}"]
-        if self.eager:
-            lines.append(f"eager (not traceable) {len(self.eager)} module(s):")
-            lines += [f"  {path or '<root>'}: {reason}" for path, reason in self.eager]
-        return "\n".join(lines)
-
-
-def layer_report(layer, state) -> LayerReport:
-    """The report of a planned and built layer (:class:`~biofx.passes.plan.BioLayer`) with its
-    state module: the mechanisms on for its config, in registry order (weight splitting only
-    where the plan split it: a model's last layer is not)."""
-    config = layer.config
+def layer_report(path: str, layer) -> LayerReport:
+    """The report of a bio layer at ``path``: the mechanisms on for its config, in registry
+    order (weight splitting only where the plan split it: the output layer is not)."""
+    plan = layer.bio_plan
     mechanisms = tuple(
-        mechanism.label(config)
+        mechanism.label(plan.config)
         for mechanism in registry.REGISTRY.values()
-        if mechanism.is_on(config) and (mechanism is not registry.WEIGHT_SPLIT or layer.split)
+        if mechanism.is_on(plan.config) and (mechanism is not registry.WEIGHT_SPLIT or plan.split)
     )
-    return LayerReport(
-        layer.name, layer.kind.name, tuple(layer.module.weight.shape), layer.rule, mechanisms, state.state_bytes()
-    )
+    kind = layer.bio_state.kind.name
+    return LayerReport(path, kind, tuple(layer.weight.shape), plan.rule, mechanisms, layer.bio_state.state_bytes())
 
 
 def log_plain(plain: list) -> None:
@@ -177,19 +152,14 @@ class Summary:
 
 
 def summary(bio: BioMethods) -> Summary:
-    """Summarize a model returned by :func:`biofx.transform`.
-
-    Rows come from ``bio.bio_report`` with each layer's current ``state_bytes()``.
-    """
+    """Summarize a model returned by :func:`biofx.transform` (its ``bio_report`` as a table)."""
     if not isinstance(bio, BioMethods):
         raise TypeError(
             f"summary() needs a model transformed by biofx, got {type(bio).__name__}; "
             "call biofx.transform(model) first and pass its result"
         )
     report = bio.bio_report
-    live = {layer.layer_name: layer.state_bytes() for layer in bio.bio_layers()}
-    rows = tuple(dataclasses.replace(row, state_bytes=live[row.name]) for row in report.converted)
-    return Summary(type(bio).__name__, rows, tuple(report.plain))
+    return Summary(type(bio).__name__, report.converted, tuple(report.plain))
 
 
 def _format_bytes(n: int) -> str:

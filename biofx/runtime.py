@@ -42,7 +42,7 @@ from .tiered_compile import kernel_scope
 
 log = logging.getLogger("biofx")
 
-__all__ = ["install", "register", "live_synapses", "is_plain_sgd", "before_step", "after_step"]
+__all__ = ["install", "register", "register_model", "live_synapses", "is_plain_sgd", "before_step", "after_step"]
 
 # Every live BioSynapses, and a counter of registrations so the hooks know when to look again.
 _LIVE: weakref.WeakSet = weakref.WeakSet()
@@ -54,6 +54,10 @@ _CACHE: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.Weak
 # WeakKeyDictionary: its lookups compare tensors with ==, which is elementwise.
 _DRIVEN: dict = {}
 _REPORTED: weakref.WeakSet = weakref.WeakSet()
+# Every live transformed model (its root), and the (model, layer path) pairs already warned
+# about: a plain layer put into a bio model after the transform trains plain (_report_new_layers)
+_MODELS: weakref.WeakSet = weakref.WeakSet()
+_NEW_REPORTED: set = set()
 # From the pre-step to the post-step hook: each layer's weight (this rank's shard) with
 # acts_on="update" (unless the optimizer is plain SGD), and DANN's interneuron weights (BioSynapses.correct_interneurons_before_step)
 _WEIGHT_BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -97,6 +101,12 @@ def register(synapses) -> None:
     _REGISTRATIONS[0] += 1
 
 
+def register_model(model) -> None:
+    """Add a transformed model: the hooks say when a layer put into it later trains plain."""
+    _MODELS.add(model)
+    _REGISTRATIONS[0] += 1
+
+
 def live_synapses() -> tuple[int, list]:
     """The registration count and every live, managed BioSynapses."""
     return _REGISTRATIONS[0], list(_LIVE)
@@ -121,7 +131,32 @@ def _layers_of(optimizer: torch.optim.Optimizer) -> list:
     layers.sort(key=lambda s: position[id(s.weight)])
     _CACHE[optimizer] = (signature, [(weakref.ref(s), weakref.ref(s.weight)) for s in layers])
     _report_undriven(optimizer, params, layers)
+    _report_new_layers(position)
     return layers
+
+
+def _report_new_layers(position: dict) -> None:
+    """Warn (once per layer) when the optimizer steps a plain layer of a known kind that was put
+    into a transformed model after the transform (``model.fc = nn.Linear(...)``)."""
+    for model in list(_MODELS):
+        for path in model.unconverted_new_layers():
+            layer = model.get_submodule(path)
+            key = (id(model), path)
+            if key in _NEW_REPORTED or id(getattr(layer, "weight", None)) not in position:
+                continue
+            _NEW_REPORTED.add(key)
+            replaced = path in model.__dict__.get("_biofx_plans", {})
+            fix = (
+                "call bio.convert_replaced_layers() to convert it with the config of the layer it replaced"
+                if replaced
+                else "transform the model after adding it"
+            )
+            warnings.warn(
+                f"biofx: layer {path!r} ({type(layer).__name__}) was put into the model after biofx.transform and "
+                f"trains without the bio mechanisms; {fix}",
+                RuntimeWarning,
+                stacklevel=6,
+            )
 
 
 def _report_undriven(optimizer: torch.optim.Optimizer, params: list, layers: list) -> None:

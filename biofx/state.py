@@ -36,6 +36,7 @@ method has the name of the model-level method that calls it (:mod:`biofx.registr
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Optional
 
 import torch
@@ -121,7 +122,10 @@ class BioSynapses(nn.Module):
         self.kind = kind
         self.config = config
         self.index = index
-        self._layer = [layer]  # a list, so the layer is not registered twice as a submodule
+        # a weak reference: the layer owns this module (its ``biofx_state``), and no cycle keeps a
+        # dropped model's state alive in the live-layer registry; pickling relinks it (attach)
+        self.__dict__["_layer_ref"] = weakref.ref(layer)
+        self.train(layer.training)
         self._drawn_from = (total, seed)  # for reset_bio_state
         key = rng.layer_key(seed, index)
         weight = layer.weight
@@ -160,13 +164,24 @@ class BioSynapses(nn.Module):
         self.steps, self.fuzzy_updates = Counter(self, "step"), Counter(self, "updates")
         #: other modules' names for this weight when non-bio modules read it too (tied weights)
         self.shared_with: tuple = ()
+        #: built on the meta device: the state has no values until reset_bio_state() (or a load)
+        self.undrawn = weight.is_meta
         if self.managed and register:
             runtime.register(self)
 
     # -- plumbing --------------------------------------------------------------------------
     @property
     def layer(self) -> nn.Module:
-        return self._layer[0]
+        layer = self.__dict__["_layer_ref"]()
+        if layer is None:
+            raise RuntimeError(f"the layer {self.layer_name!r} of this bio state no longer exists")
+        return layer
+
+    def attach(self, layer: nn.Module) -> None:
+        """Link the state to its layer again (after unpickling or a deep copy) and register it."""
+        self.__dict__["_layer_ref"] = weakref.ref(layer)
+        if self.managed:
+            runtime.register(self)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -175,13 +190,10 @@ class BioSynapses(nn.Module):
     def extra_repr(self) -> str:
         return f"layer={self.layer_name!r}, kind={self.kind.name}, index={self.index}"
 
-    def __setstate__(self, state: dict) -> None:  # pickle and deepcopy
-        super().__setstate__(state)
-        if "steps" not in state:  # pickled by biofx 0.1 before the counters were objects
-            self.steps, self.fuzzy_updates = Counter(self, "step"), Counter(self, "updates")
-            self.steps.value, self.fuzzy_updates.value = state.get("_step", 0), state.get("_updates", 0)
-        if self.managed:
-            runtime.register(self)
+    def __getstate__(self) -> dict:  # pickle and deepcopy: the owning layer relinks (attach)
+        state = dict(self.__dict__)
+        state.pop("_layer_ref", None)
+        return state
 
     def _sync_counters(self) -> None:
         self.steps.sync()
@@ -203,6 +215,8 @@ class BioSynapses(nn.Module):
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._sync_counters()  # one sync at load time, none per step
+        if key in state_dict:  # a bio checkpoint fills the state of a model built on the meta device
+            self.undrawn = False
 
     def _apply(self, fn, recurse=True):
         """Move buffers with the model but keep their dtypes (bio state stays float32)."""
@@ -321,6 +335,46 @@ class BioSynapses(nn.Module):
                 "over the ranks; call it before fully_shard (on the unsharded bio model)"
             )
 
+    # -- the weight's life: meta device, new Parameters ------------------------------------
+    def raise_undrawn(self) -> None:
+        raise RuntimeError(
+            f"the bio state of {self.layer_name!r} was built on the meta device and has no values yet: after "
+            "bio.to_empty(device=...) and initializing or loading the weights, call bio.reset_bio_state() "
+            "(or load a checkpoint of the bio model, which holds the state)"
+        )
+
+    @property
+    def per_weight_shape(self) -> torch.Size:
+        """The weight shape the per-weight state was drawn for."""
+        return self._buffers[self._per_weight].shape
+
+    @no_grad
+    def follow_weight(self) -> None:
+        """The layer got a weight of another shape (Hugging Face's ``resize_token_embeddings``
+        re-ties ``lm_head.weight`` to a resized embedding): draw the state for the new shape and
+        keep the old values where the shapes overlap (rows added keep the old rows' state)."""
+        if registry.DALE.is_on(self.config) and self.config.dale_mode == "dann":
+            raise NotImplementedError(
+                f"the weight of {self.layer_name!r} changed shape ({tuple(self.per_weight_shape)} -> "
+                f"{tuple(self.weight.shape)}), and DANN's interneuron weights cannot follow; resize before "
+                "biofx.transform, or use dale_mode='column'"
+            )
+        self._require_whole("a weight of a new shape")
+        old = {name: buffer for name, buffer in self._buffers.items() if buffer is not None}
+        fresh = BioSynapses(
+            self.layer_name, self.layer, self.kind, self.config, self.index, *self._drawn_from, register=False
+        )
+        for name, buffer in fresh.named_buffers():
+            previous = old[name]
+            if previous.dim() == buffer.dim() and previous.dim() > 0:
+                overlap = tuple(slice(0, min(a, b)) for a, b in zip(previous.shape, buffer.shape))
+                buffer[overlap] = previous[overlap].to(buffer.device)
+            elif previous.shape == buffer.shape:
+                buffer.copy_(previous)
+            self._buffers[name] = buffer
+        if self.managed:
+            runtime.register(self)  # the hooks know the new weight
+
     @no_grad
     def reset_bio_state(self) -> None:
         """Draw the bio state afresh, as the transform did, from the layer's current weight.
@@ -337,13 +391,17 @@ class BioSynapses(nn.Module):
             self._buffers[name].copy_(buffer)
         self._note_zero_counts()
         self._sync_counters()
+        self.undrawn = False
         if registry.DALE.is_on(self.config):
             self.dalian_network_initialization()
 
     # -- forward: activity probe -----------------------------------------------------------
     def forward(self, output: torch.Tensor) -> torch.Tensor:
-        """Count the layer's activity (training mode only); return ``output`` unchanged."""
-        if self.training:
+        """Count the layer's activity (training mode only); return ``output`` unchanged.
+
+        A forward that activation checkpointing recomputes during backward is not counted
+        again (its outputs were counted when first computed)."""
+        if self.training and not _recomputing():
             with torch.no_grad(), bio_annotation(registry.ACTIVITY.name):
                 y = output.detach().float().movedim(self.kind.channel_dim, -1)
                 y = y.reshape(-1, y.shape[-1])
@@ -579,6 +637,12 @@ class BioSynapses(nn.Module):
     enforce_dale = enforce_dales_principle
     dale_initialize = dalian_network_initialization
     l1 = l1_reg
+
+
+def _recomputing() -> bool:
+    """Whether this forward runs inside backward: activation checkpointing recomputing it.
+    (Compiled code recomputes without re-running the module, so it never is.)"""
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
 
 
 def _presynaptic_units(layer: nn.Module, kind: LayerKind) -> int:

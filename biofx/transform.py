@@ -1,35 +1,38 @@
 """``biofx.transform``: the entry point.
 
-It checks the arguments, chooses the capture (``torch.fx``, else ``torch.export``, else the
-fallback in parts: :mod:`biofx.fallback`; a model that is one layer: a one-layer graph) and
-hands the graph to the pipeline (:func:`biofx.pipeline.convert`: plan → number → build).
+It checks the arguments and runs the pipeline (:mod:`biofx.pipeline`): see the model whole
+(``torch.fx``, else ``torch.export`` with example inputs, else the module tree), plan, number,
+and convert each layer in place. The model keeps its tree: the same containers (classes,
+methods, hooks, modes, Python ``forward``), each converted layer a ``Bio<Name>`` instance of
+its own class, and the root gains the model-level bio methods (:class:`~biofx.model.BioMethods`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Optional, Union
+import warnings
+from typing import Any, Iterable, Union
 
 import torch
 import torch.nn as nn
 
-from . import capture as capture_
-from . import fallback, runtime
+from . import runtime
+from .bio_layer import BioLayer, bio_class
 from .config import BioConfig, ConfigMap
 from .layers import kind_of
-from .model import BioGraphModule, BioMethods
-from .pipeline import Graph, convert, root_layer_graph
+from .model import BioMethods
+from .passes import PASSES
+from .pipeline import Seen, convert, number, plan, see
 from .report import LayerReport, TransformReport, log_plain
-from .tracing import TraceError, trace
 
 log = logging.getLogger("biofx")
 
 # LayerReport and TransformReport live in biofx.report; ``biofx.transform.LayerReport`` is a
-# documented path (and old pickles of bio models name it), so they are re-exported here.
+# documented path, so they are re-exported here.
 __all__ = ["transform", "TransformReport", "LayerReport"]
 
 #: The choices of ``transform(capture=...)``.
-CAPTURES = ("auto", "export", "parts")
+CAPTURES = ("auto", "export", "modules")
 
 
 def transform(
@@ -37,103 +40,80 @@ def transform(
     config: Union[BioConfig, ConfigMap, dict, None] = None,
     *,
     leaf_modules: Iterable[type] = (),
-    concrete_args: Optional[dict] = None,
+    concrete_args: Any = None,
     example_inputs: Any = None,
     capture: str = "auto",
     **overrides: Any,
-) -> BioGraphModule:
-    """Rewrite every Linear/Conv layer of ``model`` into its bio equivalent.
+) -> nn.Module:
+    """Convert every Linear/Conv layer of ``model`` into its bio equivalent, in place.
+
+    Like torchao's ``quantize_`` and PEFT's ``get_peft_model``, the model itself is changed
+    and returned: the same object with the same module tree. Each converted layer stays the
+    same object (its parameters, hooks and mode) with the class ``Bio<Name>``, a subclass of
+    its own, whose forward runs its rewritten fx graph; the root gains the model-level bio
+    methods. To keep the original, transform a copy: ``biofx.transform(copy.deepcopy(model))``.
 
     Args:
-        model: the model; its modules and parameters are shared with the result.
+        model: the model (not yet transformed).
         config: a :class:`BioConfig`, a dict of its fields, or a :class:`ConfigMap` choosing a
             config per layer (``None``: defaults).
-        leaf_modules: extra module types to keep whole when tracing.
+        leaf_modules: extra module types to keep whole when tracing (their layers stay plain).
         concrete_args: as for ``torch.fx.symbolic_trace``.
         example_inputs: inputs for ``torch.export`` when the model does not trace with
             ``torch.fx`` (a dict of keyword arguments, a tuple of positional ones, or a
-            tensor); Hugging Face models have defaults (:func:`biofx.capture.default_inputs`).
-            The exported graph takes exactly these inputs, with any batch size and length.
+            tensor): the model graph is then captured for the plan, the report and drawings.
         capture: ``"auto"`` (``torch.fx``, else ``torch.export`` when ``example_inputs`` are
-            given, else the fallback in parts), ``"export"`` (``torch.export`` only, with the
-            Hugging Face default inputs when none are given; errors raised) or ``"parts"``
-            (``torch.fx``, else the fallback: eager glue that takes any inputs).
+            given, else the module tree), ``"export"`` (``torch.export`` only, with the
+            Hugging Face default inputs when none are given; errors raised) or ``"modules"``
+            (the module tree, registration order standing for execution order).
         **overrides: BioConfig fields overriding ``config`` (for a ConfigMap: every config in it).
 
     Returns:
-        A :class:`BioGraphModule` with the model-level bio methods; its ``bio_report`` lists
-        what was converted and what was left plain, and why, and how the graph was captured
-        (:mod:`biofx.capture`). A model captured by neither comes back as a ``Bio<Name>``
-        copy of its containers whose traceable parts are BioGraphModules
-        (:mod:`biofx.fallback`), with the same methods and report.
+        ``model``, with ``bio_report`` (what was converted, what was left plain and why, how
+        the model was seen) and ``bio_graph`` (the model graph with the bio layers as
+        ``call_module`` leaves).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"biofx.transform expects an nn.Module, got {type(model).__name__}")
     leaf_modules = _check_leaf_modules(leaf_modules)
     if capture not in CAPTURES:
         raise ValueError(f"capture must be one of {', '.join(map(repr, CAPTURES))}, got {capture!r}")
-    if isinstance(model, BioMethods):
-        raise ValueError("this model is already transformed by biofx; transform the original model instead")
-    config_map = _config_map(config, overrides)
-    seed = config_map.default.seed
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    if isinstance(model, BioMethods) or any(isinstance(m, BioLayer) for m in model.modules()):
+        raise ValueError(
+            f"this {type(model).__name__} is already transformed by biofx (transform works in place); "
+            "transform the original model, or a copy of it made before the transform"
+        )
     if isinstance(model, torch.jit.ScriptModule):
         raise TypeError(
             f"biofx.transform got a TorchScript module ({getattr(model, 'original_name', type(model).__name__)}); "
             "compiled TorchScript cannot be rewritten. Transform the Python model (before torch.jit.script) "
             "and use torch.compile on the result."
         )
-    if kind_of(model) is not None:
-        graph = Graph(model, root_layer_graph(model))
-    else:
-        error = None
-        if capture != "export":
-            try:
-                gm = trace(model, leaf_modules, concrete_args)
-            except TraceError as err:  # not whole: export it, else convert the parts that trace
-                error = err
-        if capture == "export" or error is not None:
-            captured = _export(model, example_inputs, capture)
-            if captured is None:
-                return fallback.transform_parts(model, config_map, seed, error, leaf_modules)
-            graph = Graph(model, captured.gm, capture=captured.label, reasons=captured.plain)
-        else:
-            graph = Graph(model, gm)
-    (bio,) = convert([graph], config_map, model, seed)
-    log_plain(graph.plain)
+    config_map = _config_map(config, overrides)
+    seed = config_map.default.seed
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    one_layer = kind_of(model) is not None
+    seen = Seen(None, "one layer") if one_layer else see(model, leaf_modules, concrete_args, example_inputs, capture)
+    layers, plain = plan(seen, model, config_map, leaf_modules)
+    number(layers, seed)
+    counts = convert(model, layers, root_is_layer=one_layer)
+    if not isinstance(model, BioMethods):  # the root is not a converted layer
+        model.__class__ = bio_class(type(model), root=True)
+    model.__dict__.update(
+        _biofx_graph=seen.gm,
+        _biofx_capture=seen.capture,
+        _biofx_plain=tuple(plain),
+        _biofx_passes=tuple((p.__name__, counts.get(p.__name__, 0)) for p in PASSES),
+        _biofx_plans={layer.path: layer.module.bio_plan for layer in layers},
+    )
+    log_plain(plain)
+    if not layers:
+        reasons = "; ".join(f"{name or '<root>'}: {why}" for name, why in plain) or "it has no Linear/Conv layer"
+        warnings.warn(f"biofx converted 0 layers of {type(model).__name__}: {reasons}", UserWarning, stacklevel=2)
     runtime.install()
-    return bio
-
-
-def _export(model: nn.Module, example_inputs: Any, mode: str):
-    """The model captured whole by ``torch.export`` (a :class:`~biofx.capture.Capture`), or
-    ``None`` for the fallback (``mode="export"``: raise instead)."""
-    if mode == "parts":
-        return None
-    if example_inputs is None and mode == "auto":
-        # An exported graph takes exactly its example's inputs: without the user's own batch
-        # (a tokenizer's token_type_ids, labels, ...) the parts, which take any inputs, are safer.
-        log.info("biofx: pass example_inputs= (one batch) to capture %s whole with torch.export; "
-                 "converting in parts", type(model).__name__)
-        return None
-    if example_inputs is None:
-        example_inputs = capture_.default_inputs(model)
-    if example_inputs is None:
-        if mode == "export":
-            raise ValueError(
-                f"capture='export' needs example inputs for {type(model).__name__}: pass "
-                "example_inputs={'name': tensor, ...} (or a tuple of positional inputs)"
-            )
-        log.info("biofx: no example inputs for torch.export (pass example_inputs=); converting in parts")
-        return None
-    try:
-        return capture_.export_graph(model, example_inputs)
-    except capture_.CaptureError as err:
-        if mode == "export":
-            raise
-        log.warning("biofx: %s; converting in parts instead", err)
-        return None
+    runtime.register_model(model)
+    return model
 
 
 def _check_leaf_modules(leaf_modules) -> tuple:

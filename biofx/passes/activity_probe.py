@@ -23,10 +23,10 @@ def activity_probe_pass(gm: fx.GraphModule, layers: list) -> list:
             output = _final_output(site)
 
             def make(graph, out):
-                return [graph.call_module(state_attr(layer, ""), (out,))]
+                return [graph.call_module(state_attr(""), (out,))]
 
             for node in chain_output(gm, output, make):
-                inserted.append(tags.tag(node, tags.ACTIVITY, layer.name, NAME))
+                inserted.append(tags.tag(node, tags.ACTIVITY, layer.path, NAME))
     return inserted
 
 

@@ -25,7 +25,7 @@ def dale_pass(gm: fx.GraphModule, layers: list) -> list:
         for site in layer.sites:
 
             def make(graph, weight):
-                sign = graph.get_attr(state_attr(layer, "dale_sign"))
+                sign = graph.get_attr(state_attr("dale_sign"))
                 nodes = [sign, graph.call_function(ops.dale_weight, (weight, sign))]
                 if layer.config.dale_mode == "dann":
                     w_ei, w_ie = (graph.get_attr(_layer_attr(gm, layer, p)) for p in INTERNEURON_PARAMS)
@@ -34,7 +34,7 @@ def dale_pass(gm: fx.GraphModule, layers: list) -> list:
                 return nodes
 
             for node in chain_weight(gm, layer, site, make):
-                inserted.append(tags.tag(node, tags.DALE, layer.name, NAME))
+                inserted.append(tags.tag(node, tags.DALE, layer.path, NAME))
     return inserted
 
 

@@ -18,7 +18,7 @@ import torch.fx as fx
 
 from .. import ops, registry
 from . import tags
-from .utils import STATE_ROOT, chain_weight, state_attr
+from .utils import chain_weight, state_attr
 
 NAME = __name__.rpartition(".")[2]  # the tags' "pass": this module's name
 
@@ -26,32 +26,32 @@ NAME = __name__.rpartition(".")[2]  # the tags' "pass": this module's name
 def grad_nodes_pass(gm: fx.GraphModule, layers: list) -> list:
     inserted = []
     for layer in (l for l in layers if l.config.acts_on == "gradient"):
-        if getattr(gm, STATE_ROOT)[layer.state_key].shared_with:
+        if layer.state.shared_with:
             continue  # a tied weight: scaled on its whole .grad at the step (biofx.runtime.before_step)
         cfg = layer.config
         for site in layer.sites:
             if registry.FUZZY.is_on(cfg):
 
                 def make_fuzzy(graph, weight):
-                    state = getattr(gm, STATE_ROOT)[layer.state_key]
+                    state = layer.state
                     if cfg.fuzzy_lr_storage == "buffer":
-                        multipliers = graph.get_attr(state_attr(layer, "fuzzy_lr"))
+                        multipliers = graph.get_attr(state_attr("fuzzy_lr"))
                         return [multipliers, graph.call_function(ops.fuzzy_grad, (weight, multipliers))]
-                    counts = graph.get_attr(state_attr(layer, "fuzzy_dampenings"))
-                    key = graph.get_attr(state_attr(layer, "rng_key"))
+                    counts = graph.get_attr(state_attr("fuzzy_dampenings"))
+                    key = graph.get_attr(state_attr("rng_key"))
                     args = (weight, counts, key, state.fuzzy_law)
                     return [counts, key, graph.call_function(ops.fuzzy_grad, args)]
 
                 for node in chain_weight(gm, layer, site, make_fuzzy):
-                    inserted.append(tags.tag(node, tags.FUZZY, layer.name, NAME))
+                    inserted.append(tags.tag(node, tags.FUZZY, layer.path, NAME))
             if registry.VOLUME.is_on(cfg):
 
                 def make_volume(graph, weight):
-                    key = graph.get_attr(state_attr(layer, "rng_key"))
-                    step = graph.get_attr(state_attr(layer, "step"))
+                    key = graph.get_attr(state_attr("rng_key"))
+                    step = graph.get_attr(state_attr("step"))
                     args = (weight, key, step, cfg.base_lr, cfg.stability_factor, cfg.lr_variability)
                     return [key, step, graph.call_function(ops.volume_grad, args)]
 
                 for node in chain_weight(gm, layer, site, make_volume):
-                    inserted.append(tags.tag(node, tags.VOLUME, layer.name, NAME))
+                    inserted.append(tags.tag(node, tags.VOLUME, layer.path, NAME))
     return inserted

@@ -23,7 +23,7 @@ def inline_layers_pass(gm: fx.GraphModule, layers: list) -> list:
         for site in list(layer.sites):
             call, weight, new_nodes = inline_call(gm, site, layer.name, layer.module, layer.kind)
             for node in new_nodes:
-                tags.tag(node, tags.LAYER, layer.name, NAME, kind=layer.kind.name)
+                tags.tag(node, tags.LAYER, layer.path, NAME, kind=layer.kind.name)
             layer.sites[layer.sites.index(site)] = call
             layer.weight_nodes[call] = weight
             inserted += new_nodes

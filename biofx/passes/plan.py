@@ -1,20 +1,28 @@
-"""Plan: find every convertible layer call and choose its config.
+"""Plan: find every convertible layer and choose its config.
 
-Not a graph rewrite: it walks the traced graph in execution order, finds the
-``call_module`` nodes of registered layer kinds, selects each layer's config with the
-:class:`~biofx.ConfigMap` (by its full module path) and lists every layer of a registered
-kind that is *not* converted, with the reason. Numbering (index, seed, weight splitting)
-is the pipeline's next step, once for the whole model (:func:`biofx.pipeline.number`).
+Not a graph rewrite: it walks the model graph (:mod:`biofx.tracing`, :mod:`biofx.capture`)
+in execution order, or the module tree when no graph could be captured, finds the layers of
+registered kinds, selects each layer's config with the :class:`~biofx.ConfigMap` (by its
+module path) and lists every layer of a registered kind that is *not* converted, with the
+reason. Numbering (index, seed, weight splitting) is the pipeline's next step
+(:func:`biofx.pipeline.number`).
+
+Conversion is strict: only the exact registered types (``nn.Linear``, ``nn.Conv2d``, ...,
+and kinds added with :func:`biofx.register_layer_kind`). A subclass (its own ``forward``, a
+QAT layer), a quantized or parametrized layer stays plain with the reason, so nothing
+custom vanishes.
 
 Which stage writes which :class:`BioLayer` field: the plan all but the ones below;
 ``number`` ``index``, ``total``, ``seed``, ``split`` (and LAYER_ADAPTIVE's l and L in
-``config``); the passes ``sites``, ``weight_nodes`` (inline_layers, then each chain) and
-``state_key`` (attach_state).
+``config``); the build ``name``, ``sites`` and ``state`` (for a tied weight, the state of
+its first layer); the passes ``sites``, ``weight_nodes`` (inline_layers, then each chain)
+and ``state`` (attach_state).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import torch
 import torch.fx as fx
@@ -23,26 +31,32 @@ from torch.nn.utils import parametrize
 
 from ..config import BioConfig, ConfigMap
 from ..layers import LAYER_KINDS, LayerKind, kind_of
-from ..tracing import LEAF_REASONS, leaf_reason
+from ..tracing import BioTracer, leaf_reason
 from . import tags
 
 
 @dataclasses.dataclass
 class BioLayer:
-    """One converted layer (a module; it may be called at several sites)."""
+    """The plan of one converted layer (a module; it may be called at several sites).
+
+    ``name`` is the layer's target in the graph being rewritten: its path in the model graph
+    while planning, ``""`` in the layer's own graph (:func:`biofx.bio_layer.layer_graph`).
+    ``path`` is its module path in the model (tags and reports name it).
+    """
 
     name: str
     module: nn.Module
     kind: LayerKind
     config: BioConfig
     rule: str
-    sites: list  # call_module nodes, replaced by inline_layers_pass with functional calls
-    path: str = ""  # the full module path in the model (a part's layers: prefix + name)
+    sites: list  # call nodes; in the layer's graph, replaced by inline_layers_pass with functional calls
+    path: str = ""
     index: int = 0
     total: int = 1
     seed: int = 0
     split: bool = False
-    state_key: str = ""
+    state: Optional[nn.Module] = None  # its BioSynapses (shared by the layers of a tied weight)
+    shared_with: tuple = ()  # other modules' names for its weight when non-bio modules read it too
     weight_nodes: dict = dataclasses.field(default_factory=dict)  # site -> node feeding the weight
 
 
@@ -51,18 +65,46 @@ def skip_split_marked(module: nn.Module) -> bool:
     return bool(getattr(module, "last_module_token", False) or getattr(module, "_biofx_skip_split", False))
 
 
-def plan_layers(
-    gm: fx.GraphModule, config_map: ConfigMap, model: nn.Module, prefix: str = ""
-) -> tuple[list[BioLayer], list[tuple[str, str]]]:
-    """Return the bio layers in execution order and ``(name, reason)`` for layers left plain.
+def choose(path: str, module: nn.Module, kind: LayerKind, config_map: ConfigMap):
+    """``(config, rule)`` for a layer biofx converts, or ``(None, reason)`` for one left plain."""
+    check_initialized(path, module)
+    config, rule = config_map.select(path, module)
+    if config is None:
+        return None, f"left plain by ConfigMap ({rule})"
+    why = strict_reason(module, kind)
+    return (None, why) if why is not None else (config, rule)
 
-    ``model`` is the traced model, for the layers the graph does not reach; ``prefix`` its
-    path in a larger model (configs are selected by full path; reasons name full paths).
-    Whether every ConfigMap entry matched a layer is checked by the caller, for the whole model.
-    """
+
+def strict_reason(module: nn.Module, kind: LayerKind) -> Optional[str]:
+    """Why ``module`` (of a registered kind or a subclass of one) is not converted, or ``None``."""
+    cls = type(module)
+    if parametrize.is_parametrized(module, "weight"):
+        return "its weight is computed by a parametrization (e.g. weight_norm), not stored"
+    if cls is not kind.module_type:
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        if hasattr(module, "weight_fake_quant") or ".qat" in cls.__module__:
+            return (
+                f"a quantization-aware (QAT) layer ({name}): its fake-quantized forward would be lost. "
+                "Transform the float model, then prepare it for QAT"
+            )
+        own_forward = any("forward" in vars(c) for c in cls.__mro__[: cls.__mro__.index(kind.module_type)])
+        what = "overrides forward" if own_forward else f"is a subclass of {kind.module_type.__name__}"
+        return (
+            f"its class {name} {what}; biofx converts only the exact layer types it knows, so custom code is "
+            f"never lost. To convert it, register the class: biofx.register_layer_kind(LayerKind(..., "
+            f"module_type={cls.__name__}))"
+        )
+    if not isinstance(getattr(module, "weight", None), nn.Parameter):
+        return "its weight is not an nn.Parameter"
+    return kind.unsupported(module)
+
+
+def plan_layers(gm: fx.GraphModule, config_map: ConfigMap, model: nn.Module):
+    """From a model graph: the bio layers in execution order and ``(name, reason)`` for the
+    layers left plain. Whether every ConfigMap entry matched a layer is checked by the caller."""
     layers: dict[str, BioLayer] = {}
     plain: dict[str, str] = {}
-    bypasses = _bypasses(gm, prefix)
+    bypasses = _bypasses(gm)
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
@@ -73,39 +115,52 @@ def plan_layers(
         if node.target in layers:
             layers[node.target].sites.append(node)
             continue
-        path = join_path(prefix, node.target)
-        check_initialized(path, module)
-        config, rule = config_map.select(path, module)
+        if node.target in plain:
+            continue
+        config, rule = choose(node.target, module, kind, config_map)
         if config is None:
-            plain[node.target] = f"left plain by ConfigMap ({rule})"
+            plain[node.target] = rule
         elif len(node.args) != 1 or node.kwargs:
             plain[node.target] = "called with arguments other than one input tensor"
-        elif parametrize.is_parametrized(module, "weight"):
-            plain[node.target] = "its weight is computed by a parametrization (e.g. weight_norm), not stored"
-        elif not isinstance(getattr(module, "weight", None), nn.Parameter):
-            plain[node.target] = "its weight is not an nn.Parameter"
-        elif (why := kind.unsupported(module)) is not None:
-            plain[node.target] = why
         elif node.target in bypasses:
             plain[node.target] = bypasses[node.target]
         else:
-            layers[node.target] = BioLayer(node.target, module, kind, config, rule, [node], path=path)
-    return list(layers.values()), _explain_plain(gm, model, layers, plain, prefix)
+            layers[node.target] = BioLayer(node.target, module, kind, config, rule, [node], path=node.target)
+    return list(layers.values()), _explain_plain(gm, model, layers, plain)
 
 
-def plan_root_layer(gm: fx.GraphModule, config_map: ConfigMap, model: nn.Module, prefix: str = ""):
-    """The plan of a model that is itself one layer: ``gm`` calls it once (target ``""``,
-    see :func:`biofx.pipeline.root_layer_graph`). Returns ``(layers, plain)`` as :func:`plan_layers`."""
-    kind = kind_of(model)
-    check_initialized(prefix, model)
-    config, rule = config_map.select(prefix, model)
-    if config is None or kind.unsupported(model) is not None:
-        return [], [("<root>", kind.unsupported(model) or f"left plain by ConfigMap ({rule})")]
-    site = next(node for node in gm.graph.nodes if node.op == "call_module")
-    return [BioLayer("", model, kind, config, rule, [site], path=prefix)], []
+def plan_modules(model: nn.Module, config_map: ConfigMap, leaf_modules: tuple = ()):
+    """From the module tree (no graph: registration order stands for execution order), as
+    :func:`plan_layers`. Layers inside modules the tracer keeps whole (``nn.MultiheadAttention``
+    reads ``out_proj.weight`` directly) stay plain, as in a traced model."""
+    tracer = BioTracer(leaf_modules)
+    leaves = [
+        (path, module)
+        for path, module in model.named_modules()
+        if path
+        and kind_of(module) is None
+        and type(module).forward is not nn.Module.forward  # a container (ModuleList) is no leaf
+        and tracer.is_leaf_module(module, path)
+    ]
+    layers, plain = [], []
+    scripted = dict(scripted_layers(model))
+    for path, module in convertible_modules(model):
+        owner = next(((p, m) for p, m in leaves if path.startswith(p + ".")), None)
+        if path in scripted:
+            plain.append((path, scripted[path]))
+        elif owner is not None:
+            plain.append((path, f"inside leaf module {owner[0]!r} ({type(owner[1]).__name__}), {leaf_reason(owner[1])}"))
+        else:
+            kind = kind_of(module)
+            config, rule = choose(path, module, kind, config_map)
+            if config is None:
+                plain.append((path, rule))
+            else:
+                layers.append(BioLayer(path, module, kind, config, rule, [], path=path))
+    return layers, plain + list(quantized_layers(model))
 
 
-def _bypasses(gm: fx.GraphModule, prefix: str) -> dict:
+def _bypasses(gm: fx.GraphModule) -> dict:
     """Layers whose weight the graph also uses outside their call: ``{name: reason}``.
 
     A ``get_attr`` of ``<layer>.weight`` (code reading ``self.fc.weight``) or a leaf module
@@ -120,7 +175,7 @@ def _bypasses(gm: fx.GraphModule, prefix: str) -> dict:
             for name, module in gm.get_submodule(node.target).named_modules():
                 if name and kind_of(module) is not None:
                     out[f"{node.target}.{name}"] = (
-                        f"also used inside leaf module {join_path(prefix, node.target)!r} "
+                        f"also used inside leaf module {node.target!r} "
                         f"({type(gm.get_submodule(node.target)).__name__}), "
                         "which the bio nodes do not see"
                     )
@@ -168,8 +223,10 @@ def check_initialized(name: str, module: nn.Module) -> None:
         )
 
 
-def last_called(layers: list[BioLayer]) -> BioLayer:
-    """The layer whose last call comes last in the graph (the layers of one graph)."""
+def output_layer(layers: list[BioLayer]) -> BioLayer:
+    """The layer whose last call comes last (in a model graph), else the last in module order."""
+    if not all(layer.sites for layer in layers):
+        return layers[-1]
     position = {node: i for i, node in enumerate(layers[0].sites[0].graph.nodes)}
     return max(layers, key=lambda l: max(position[site] for site in l.sites))
 
@@ -204,7 +261,7 @@ def convertible_modules(model: nn.Module):
             yield name, module
 
 
-def scripted_layers(model: nn.Module, prefix: str = ""):
+def scripted_layers(model: nn.Module):
     """``(name, reason)`` for the layers of a registered kind inside TorchScript submodules."""
     kinds = {kind.module_type.__name__ for kind in LAYER_KINDS.values()}
     for name, module in model.named_modules():
@@ -215,26 +272,40 @@ def scripted_layers(model: nn.Module, prefix: str = ""):
                 name,
             )
             yield name, (
-                f"inside TorchScript module {join_path(prefix, owner)!r}: compiled code cannot be rewritten; "
+                f"inside TorchScript module {owner!r}: compiled code cannot be rewritten; "
                 "transform the Python module before torch.jit.script"
             )
 
 
-def _explain_plain(gm, model, layers, plain, prefix) -> list[tuple[str, str]]:
-    """Every module of a registered kind that was not converted, with the reason."""
-    out = list(scripted_layers(model, prefix))
+#: torch's quantized module packages: their layers hold packed weights biofx cannot rewrite
+_QUANTIZED = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")
+
+
+def quantized_layers(model: nn.Module):
+    """``(name, reason)`` for quantized layers (``torch.ao.quantization.quantize_dynamic``, ...)."""
+    for name, module in model.named_modules():
+        cls = type(module)
+        if cls.__module__.startswith(_QUANTIZED) and cls.__name__.startswith(("Linear", "Conv", "Quantized")) and "Packed" not in cls.__name__:
+            yield name, (
+                f"a quantized layer ({cls.__module__}.{cls.__name__}): its packed integer weight cannot be "
+                "rewritten or trained; transform the float model before quantizing it"
+            )
+
+
+def _explain_plain(gm, model, layers, plain) -> list[tuple[str, str]]:
+    """Every module of a registered kind (or quantized layer) not converted, with the reason."""
+    out = list(scripted_layers(model)) + list(quantized_layers(model))
     traced_leaves = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     for name, module in convertible_modules(model):
-        if name in layers:
+        if name in layers or name in dict(out):
             continue
         if name in plain:
             out.append((name, plain[name]))
             continue
         owner = next((leaf for leaf in traced_leaves if name.startswith(leaf + ".")), None)
         if owner is not None:
-            why = gm.meta.get(LEAF_REASONS, {}).get(owner) or leaf_reason(gm.get_submodule(owner))
             module = gm.get_submodule(owner)
-            out.append((name, f"inside leaf module {join_path(prefix, owner)!r} ({type(module).__name__}), {why}"))
+            out.append((name, f"inside leaf module {owner!r} ({type(module).__name__}), {leaf_reason(module)}"))
         else:
             out.append((name, "not called in the traced forward pass"))
     return out

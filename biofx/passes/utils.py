@@ -1,7 +1,7 @@
 """Graph helpers shared by the passes: where state lives and how nodes are chained in.
 
 * :func:`state_attr`: the ``get_attr`` / ``call_module`` target of a layer's state
-  (``biofx_state.<key>.<attr>``).
+  (``biofx_state.<attr>``).
 * :func:`chain_weight`: insert nodes between a call site's weight and the site
   (weight → dale → fuzzy → volume → layer).
 * :func:`chain_output`: insert nodes after a call site; its users read the last one
@@ -19,9 +19,9 @@ from ..state import STATE_ROOT
 from . import tags
 
 
-def state_attr(layer, attr: str) -> str:
-    """The ``get_attr`` target of a layer's state buffer or submodule (``""``: the module)."""
-    return f"{STATE_ROOT}.{layer.state_key}.{attr}" if attr else f"{STATE_ROOT}.{layer.state_key}"
+def state_attr(attr: str) -> str:
+    """The ``get_attr`` target of a layer's state buffer or submodule (``""``: the state module)."""
+    return f"{STATE_ROOT}.{attr}" if attr else STATE_ROOT
 
 
 def chain_weight(gm: fx.GraphModule, layer, site: fx.Node, make) -> list:

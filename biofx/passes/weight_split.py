@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from .. import ops
 from . import tags
-from .utils import STATE_ROOT, chain_output, state_attr
+from .utils import chain_output, state_attr
 
 NAME = __name__.rpartition(".")[2]  # the tags' "pass": this module's name
 
@@ -21,14 +21,13 @@ def weight_split_pass(gm: fx.GraphModule, layers: list) -> list:
     inserted = []
     for layer in (l for l in layers if l.split):
         act = layer.config.weight_splitting_activation_function
-        states = getattr(gm, STATE_ROOT)
         for site in layer.sites:
 
             def make(graph, output):
                 nodes = []
                 if isinstance(act, nn.Module) and not isinstance(act, nn.Identity):
-                    states[layer.state_key].split_activation = act
-                    nodes.append(graph.call_module(state_attr(layer, "split_activation"), (output,)))
+                    layer.state.split_activation = act
+                    nodes.append(graph.call_module(state_attr("split_activation"), (output,)))
                 elif not isinstance(act, nn.Module):
                     nodes.append(graph.call_function(act, (output,)))
                 source = nodes[-1] if nodes else output
@@ -37,5 +36,5 @@ def weight_split_pass(gm: fx.GraphModule, layers: list) -> list:
                 return nodes
 
             for node in chain_output(gm, site, make):
-                inserted.append(tags.tag(node, tags.WEIGHT_SPLIT, layer.name, NAME))
+                inserted.append(tags.tag(node, tags.WEIGHT_SPLIT, layer.path, NAME))
     return inserted

@@ -37,9 +37,8 @@ def fc_graph(functional: bool = True, with_state: bool = True, **config):
     if functional:
         layer.weight_nodes[call] = weight
     if with_state:
-        layer.state_key = "fc"
-        state = BioSynapses("fc", root.fc, layer.kind, layer.config, 0, 1, 0, register=False)
-        gm.add_module(STATE_ROOT, nn.ModuleDict({"fc": state}))
+        layer.state = BioSynapses("fc", root.fc, layer.kind, layer.config, 0, 1, 0, register=False)
+        gm.add_module(STATE_ROOT, layer.state)
     return gm, layer
 
 

@@ -6,7 +6,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 from biofx import BioConfig, ConfigMap
-from biofx.pipeline import Graph, number, plan
+from biofx.passes.plan import plan_layers, plan_modules
+from biofx.pipeline import number
 from biofx.tracing import trace
 
 
@@ -20,40 +21,32 @@ def two_layer_graph():
     return root, fx.GraphModule(root, graph)
 
 
-def test_plan_layers_selects_configs_by_full_path_and_changes_no_graph():
+def test_plan_layers_selects_configs_by_path_and_changes_no_graph():
     root, gm = two_layer_graph()
     nodes = [(n.op, n.target) for n in gm.graph.nodes]
-    graph = Graph(root, gm, prefix="enc")
-    plan(graph, ConfigMap({"enc.b": None}, default=BioConfig(seed=0)))
-    assert [(l.name, l.path) for l in graph.layers] == [("a", "enc.a")]
-    assert graph.plain == [("b", "left plain by ConfigMap (name 'enc.b')")]
+    layers, plain = plan_layers(gm, ConfigMap({"b": None}, default=BioConfig(seed=0)), root)
+    assert [(l.name, l.path) for l in layers] == [("a", "a")]
+    assert plain == [("b", "left plain by ConfigMap (name 'b')")]
     assert [(n.op, n.target) for n in gm.graph.nodes] == nodes
     gm.graph.lint()
 
 
-def test_number_once_over_all_graphs():
-    graphs = []
-    for prefix in ("p1", "p2"):
-        root, gm = two_layer_graph()
-        graphs.append(Graph(root, gm, prefix=prefix))
-    config = BioConfig(weight_splitting_Gamma=2, fuzzy_lr_distribution="layer_adaptive")
-    for graph in graphs:
-        plan(graph, ConfigMap(default=config))
-    number(graphs, seed=5)
-    layers = [layer for graph in graphs for layer in graph.layers]
-    assert [(l.path, l.index, l.total, l.seed) for l in layers] == [
-        ("p1.a", 0, 4, 5), ("p1.b", 1, 4, 5), ("p2.a", 2, 4, 5), ("p2.b", 3, 4, 5)]
-    assert [l.config.fuzzy_lr_layer_index for l in layers] == [0, 1, 2, 3]
-    assert {l.config.fuzzy_lr_total_layers for l in layers} == {4}
-    assert [l.split for l in layers] == [True, True, True, False]  # the model's last layer is not split
-
-
-def test_number_names_the_full_path_when_gamma_does_not_divide():
+def test_number_in_execution_order_and_the_output_layer_unsplit():
     root, gm = two_layer_graph()
-    graph = Graph(root, gm, prefix="enc")
-    plan(graph, ConfigMap(default=BioConfig(weight_splitting_Gamma=4)))
-    with pytest.raises(ValueError, match=r"layer 'enc.a' .*mark_skip_weight_splitting\(model.enc.a\)"):
-        number([graph], seed=0)
+    config = BioConfig(weight_splitting_Gamma=2, fuzzy_lr_distribution="layer_adaptive")
+    layers, _ = plan_layers(gm, ConfigMap(default=config), root)
+    number(layers, seed=5)
+    assert [(l.path, l.index, l.total, l.seed) for l in layers] == [("a", 0, 2, 5), ("b", 1, 2, 5)]
+    assert [l.config.fuzzy_lr_layer_index for l in layers] == [0, 1]
+    assert {l.config.fuzzy_lr_total_layers for l in layers} == {2}
+    assert [l.split for l in layers] == [True, False]  # the model's output layer is not split
+
+
+def test_number_names_the_path_when_gamma_does_not_divide():
+    root, gm = two_layer_graph()
+    layers, _ = plan_layers(gm, ConfigMap(default=BioConfig(weight_splitting_Gamma=4)), root)
+    with pytest.raises(ValueError, match=r"layer 'a' .*mark_skip_weight_splitting\(model.a\)"):
+        number(layers, seed=0)
 
 
 def test_traced_model_plans_in_execution_order():
@@ -66,6 +59,12 @@ def test_traced_model_plans_in_execution_order():
             return self.second(self.first(x))
 
     model = Back()
-    graph = Graph(model, trace(model))
-    plan(graph, ConfigMap(default=BioConfig()))
-    assert [l.name for l in graph.layers] == ["first", "second"]
+    layers, _ = plan_layers(trace(model), ConfigMap(default=BioConfig()), model)
+    assert [l.name for l in layers] == ["first", "second"]
+
+
+def test_module_tree_plan_keeps_leaf_modules_plain():
+    model = nn.Sequential(nn.Linear(4, 4), nn.MultiheadAttention(4, 2))
+    layers, plain = plan_modules(model, ConfigMap(default=BioConfig()))
+    assert [l.path for l in layers] == ["0"]
+    assert plain[0][0] == "1.out_proj" and "nn.MultiheadAttention reads out_proj.weight" in plain[0][1]
