@@ -189,7 +189,7 @@ def test_ddp_equals_one_process_on_the_full_batch(ranks):
                 assert torch.equal(value, exact[step][key]), (step, key)
             torch.testing.assert_close(value, full[step][key], rtol=1e-5, atol=1e-6, msg=f"{step} {key}")
     last = rank0[-1]
-    assert int(last["biofx_state.fc1.step"]) == STEPS
+    assert int(last["fc1.biofx_state.step"]) == STEPS
     multipliers = [k for k in last if k.endswith("fuzzy_lr")]
     assert any(not torch.equal(last[k], initial[k]) for k in multipliers)  # crystallization acted
     assert not torch.equal(last["fc1.weight"], initial["fc1.weight"])

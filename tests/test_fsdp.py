@@ -164,7 +164,7 @@ def _worker(rank, port, out_dir, fused):
             bio = make(mode)
             fully_shard(bio, mesh=mesh)
             trajectory = run(mode, bio, rank)
-            state = bio.biofx_state.fc2
+            state = bio.fc2.biofx_state
             local_rows = getattr(state, state._per_weight).to_local().shape[0]  # the multipliers are sharded
             torch.save((trajectory, local_rows, _resumed(mode, mesh, bio, trajectory[-1][0])),
                        os.path.join(out_dir, f"{mode}-rank{rank}.pt"))
@@ -204,13 +204,13 @@ def test_fsdp_equals_one_process_on_the_full_batch(spawned, mode):
     last = rank0[-1][0]
     for state in resumed0:  # checkpoints load into a sharded model: sharded ones and whole ones
         assert state.keys() == last.keys() and all(torch.equal(state[k], last[k]) for k in last)
-    assert int(last["biofx_state.fc1.step"]) == STEPS
-    assert int(last["biofx_state.fc1.rejuvenations"]) == (STEPS if mode == "explicit" else STEPS // 2)
+    assert int(last["fc1.biofx_state.step"]) == STEPS
+    assert int(last["fc1.biofx_state.rejuvenations"]) == (STEPS if mode == "explicit" else STEPS // 2)
     changed = [k for k in last if k.endswith(tuple(PER_WEIGHT_BUFFERS.values())) and not torch.equal(last[k], initial[k])]
     assert changed  # crystallization (and the ACTIVITY redraw) acted on the multipliers
     if mode == "explicit":
         assert sum(count for _, count in rank0) > 0  # rejuvenation replaced weights
-        assert "weight_split" in make(mode).code
+        assert "weight_split" in make(mode).fc2.code
 
 
 def test_whole_layer_operations_raise_under_fsdp(spawned):
