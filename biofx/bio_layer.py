@@ -15,7 +15,7 @@ nn.Linear)`` holds). A bio layer:
   :attr:`BioLayer.code` shows the Python it runs.
 
 Pickling (``torch.save(model)``, ``copy.deepcopy``) rebuilds ``Bio<Name>`` from the layer's
-importable class, so a saved model loads in a fresh process.
+importable class (:func:`biofx.model.bio_class`), so a saved model loads in a fresh process.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from typing import Optional
 
 import torch.fx as fx
 import torch.nn as nn
+from torch.fx._symbolic_trace import is_fx_tracing
 from torch.fx.graph_module import _forward_from_src
 
 from .state import STATE_ROOT
 
-__all__ = ["BioLayer", "bio_class", "layer_graph"]
+__all__ = ["BioLayer", "layer_graph", "original_class"]
 
 
 def layer_graph() -> fx.Graph:
@@ -54,11 +55,12 @@ class BioLayer(nn.Module):
     graph: fx.Graph
 
     def forward(self, input):
-        state = self._modules[STATE_ROOT]
-        if state.undrawn and not self.weight.is_meta:
-            state.raise_undrawn()
-        if state.per_weight_shape != self.weight.shape:  # a new weight (resize_token_embeddings)
-            state.follow_weight()
+        if not is_fx_tracing():  # a symbolic trace of the bio model records the graph's nodes
+            state = self._modules[STATE_ROOT]
+            if state.undrawn and not self.weight.is_meta:
+                state.raise_undrawn()
+            if state.per_weight_shape != self.weight.shape:  # a new weight (resize_token_embeddings)
+                state.follow_weight()
         return self.__dict__["_bio_forward"](self, input)
 
     @property
@@ -76,51 +78,11 @@ class BioLayer(nn.Module):
         code = self.graph.python_code(root_module="self")
         self.__dict__["_bio_forward"] = _forward_from_src(code.src, code.globals)
 
-    # -- pickling and copies: rebuilt from the importable class ----------------------------
-    def __reduce_ex__(self, protocol: int):
-        return reduce_converted(self)
-
+    # -- pickling and copies: rebuilt from the importable class (biofx.model.reduce_converted)
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.recompile()
         self._modules[STATE_ROOT].attach(self)
-
-
-_CLASSES: dict[tuple, type] = {}
-
-
-def bio_class(base: type, *, root: bool = False, layer: bool = False) -> type:
-    """The cached class of a converted module: ``Bio<Name>(BioLayer, base)`` for a layer,
-    ``(BioMethods, base)`` for a transformed model's root (its name kept, so Hugging Face
-    ``save_pretrained`` and ``repr`` say the model's own class), both for a model that is one
-    layer."""
-    key = (base, root, layer)
-    cls = _CLASSES.get(key)
-    if cls is None:
-        from .model import BioMethods, FollowsResize
-
-        mixins = ((BioMethods,) if root else ()) + ((BioLayer,) if layer else ())
-        if root and hasattr(base, "resize_token_embeddings"):  # Hugging Face
-            mixins = (FollowsResize, *mixins)
-        name = f"Bio{base.__name__}" if layer else base.__name__
-        attrs = {"__module__": base.__module__ if not layer else __name__, "__qualname__": name, "_biofx_key": key}
-        cls = _CLASSES[key] = type(name, (*mixins, base), attrs)
-    return cls
-
-
-def reduce_converted(module: nn.Module) -> tuple:
-    """``__reduce_ex__`` of a converted module: rebuilt from its importable class, without the
-    generated forward (made again from the graph) and the cached model graph."""
-    state = dict(module.__dict__)
-    for name in ("_bio_forward", "_biofx_graph"):
-        state.pop(name, None)
-    return (_rebuild, type(module)._biofx_key, state)
-
-
-def _rebuild(base: type, root: bool, layer: bool) -> nn.Module:
-    """Unpickle a converted module: an empty instance; pickle then restores its state."""
-    cls = bio_class(base, root=root, layer=layer)
-    return cls.__new__(cls)
 
 
 def original_class(module: nn.Module) -> Optional[type]:

@@ -2,13 +2,18 @@
 
 ::
 
-    biofx graph MODEL -o graph.svg [--cluster] [--input-shape 1,784] [config flags]
-    biofx summary MODEL [config flags]
+    biofx graph MODEL -o graph.svg [--cluster] [--depth N] [--input-shape 2,8 --input-dtype int64] [config flags]
+    biofx summary MODEL [--input-shape 2,8 --input-dtype int64] [config flags]
     biofx demo [demo arguments]
 
-``MODEL`` is a zoo name (``mlp``, ``cnn``, ``residual``; see :mod:`biofx.zoo`) or
-``package.module:callable``, a callable returning an ``nn.Module`` (or an ``nn.Module``
-instance). The config flags are generated from :class:`~biofx.BioConfig`'s fields: field
+``MODEL`` is a zoo name (``mlp``, ``cnn``, ``residual``; see :mod:`biofx.zoo`),
+``package.module:callable`` or ``path/to/file.py:callable``: a callable returning an
+``nn.Module`` (or an ``nn.Module`` instance). ``--input-shape`` and ``--input-dtype`` make
+the example input: random normal values for a floating dtype, random integers in
+``[0, config.vocab_size)`` (else ``[0, 2)``) for an integer one; a Hugging Face model gets it
+as its main input (``input_ids=...``). With an example input, models ``torch.fx`` cannot
+trace are captured with ``torch.export``, lazy layers are initialized by one forward pass
+before the transform, and drawings show shapes. The config flags are generated from :class:`~biofx.BioConfig`'s fields: field
 ``weight_splitting_Gamma`` is ``--weight-splitting-Gamma``, booleans take ``--flag`` /
 ``--no-flag``, ``automatic`` a comma-separated list. ``--skip-split LAYER`` leaves a layer
 unsplit and ``--plain LAYER`` leaves it plain (both repeatable; a module name or ``re:PATTERN``,
@@ -21,10 +26,12 @@ import argparse
 import dataclasses
 import enum
 import importlib
+import importlib.util
 import os
 import re
 import sys
 import typing
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
@@ -35,7 +42,7 @@ from . import __version__
 from .config import BioConfig, ConfigMap
 from .summary import summary
 from .transform import transform
-from .viz import FORMATS, draw
+from .viz import FORMATS, MAX_NODES, draw
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -43,7 +50,7 @@ _FIELDS = dataclasses.fields(BioConfig)
 EXAMPLES = """examples:
   biofx summary mlp --weight-splitting-Gamma 2 --apply-dales-principle
   biofx graph cnn -o cnn.svg --cluster --automatic fuzzy,volume
-  biofx graph mypackage.models:build -o model.png --input-shape 1,784 --plain head"""
+  biofx graph ./mymodels.py:bert -o bert.svg --input-shape 2,8 --input-dtype int64 --depth 3"""
 
 
 class UsageError(Exception):
@@ -88,7 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"biofx {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_parent = _Parser(add_help=False)
-    model_parent.add_argument("model", metavar="MODEL", help="a zoo name or package.module:callable")
+    model_parent.add_argument(
+        "model", metavar="MODEL", help="a zoo name, package.module:callable or path/to/file.py:callable"
+    )
+    example = model_parent.add_argument_group("example input")
+    example.add_argument(
+        "--input-shape",
+        type=_shape,
+        help="example input shape, e.g. 1,784 or 2,8 (a zoo model has its own); drawings then show shapes, "
+        "models torch.fx cannot trace are captured with torch.export, lazy layers are initialized",
+    )
+    example.add_argument(
+        "--input-dtype",
+        type=_dtype,
+        help="example input dtype, a torch dtype name (float32, int64, bfloat16, ...); default: int64 for "
+        "a model whose main input is input_ids, else float32. Integers are drawn in [0, config.vocab_size)",
+    )
     layers = model_parent.add_argument_group("per-layer choices (a module name or re:PATTERN; repeatable)")
     layers.add_argument("--skip-split", action="append", default=[], metavar="LAYER", help="leave LAYER unsplit")
     layers.add_argument("--plain", action="append", default=[], metavar="LAYER", help="leave LAYER plain")
@@ -97,13 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     graph = commands.add_parser("graph", parents=[model_parent], help="draw the bio graph (svg, png or pdf)")
     graph.add_argument("-o", "--output", required=True, help=f"output file ({', '.join(FORMATS)})")
     graph.add_argument("--cluster", action="store_true", help="box the nodes of each module")
-    graph.add_argument("--title", help="title drawn above the graph")
     graph.add_argument(
-        "--input-shape",
-        type=_shape,
-        help="example input shape, e.g. 1,784 (required for package.module:callable models); "
-        "labels then show tensor shapes",
+        "--depth",
+        type=_depth,
+        default="auto",
+        metavar="N",
+        help="draw every module N levels deep (encoder.layer.0 is 3) as one box listing its bio layers; "
+        f"'all' draws every node; default 'auto': every node up to {MAX_NODES} nodes, else the repeated "
+        "blocks (a transformer's layers) as boxes",
     )
+    graph.add_argument("--title", help="title drawn above the graph")
     graph.set_defaults(run=_graph)
 
     summarize = commands.add_parser("summary", parents=[model_parent], help="print a table of the bio layers")
@@ -129,21 +154,59 @@ def config_from_args(args: argparse.Namespace) -> Union[BioConfig, ConfigMap]:
 
 # -- subcommands -----------------------------------------------------------------------------
 def _graph(args: argparse.Namespace) -> int:
-    model, example = _load_model(args.model)
-    if args.input_shape is not None:
-        example = torch.randn(args.input_shape)
-    if example is None:
-        raise UsageError(f"{args.model} is not a zoo model: pass --input-shape (e.g. --input-shape 1,784)")
-    bio = transform(model, config_from_args(args))
-    path = draw(bio, args.output, example, cluster_by_module=args.cluster, title=args.title)
-    print(f"wrote {path} ({len(bio.graph.nodes)} nodes, {len(bio.bio_layers())} bio layers)")
+    model, example = _prepare(args)
+    bio = transform(model, config_from_args(args), example_inputs=example)
+    if example is None and bio.bio_graph is None:
+        raise UsageError(
+            f"{type(bio).__name__} ({args.model}) cannot be traced by torch.fx: pass --input-shape to capture it "
+            "with torch.export (e.g. --input-shape 2,8 --input-dtype int64 for token ids)"
+        )
+    path = draw(bio, args.output, example, cluster_by_module=args.cluster, title=args.title, depth=args.depth)
+    print(f"wrote {path} ({len(bio.bio_report.converted)} bio layers)")
     return 0
 
 
 def _summary(args: argparse.Namespace) -> int:
-    model, _ = _load_model(args.model)
-    print(summary(transform(model, config_from_args(args))))
+    model, example = _prepare(args)
+    print(summary(transform(model, config_from_args(args), example_inputs=example)))
     return 0
+
+
+def _prepare(args: argparse.Namespace) -> tuple[nn.Module, Any]:
+    """The model and its example input (``None`` without one); lazy layers initialized."""
+    model, example = _load_model(args.model)
+    if args.input_shape is not None:
+        example = _example_input(model, args.input_shape, args.input_dtype)
+    elif args.input_dtype is not None:
+        raise UsageError("--input-dtype needs --input-shape (e.g. --input-shape 2,8 --input-dtype int64)")
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        if example is None:
+            raise UsageError(
+                f"{args.model} has lazy layers (nn.LazyLinear, ...): pass --input-shape so that one forward pass "
+                "gives them their shapes"
+            )
+        with torch.no_grad():
+            _call(model, example)
+    return model, example
+
+
+def _example_input(model: nn.Module, shape: tuple[int, ...], dtype: Optional[torch.dtype]) -> Any:
+    """A random example input of ``shape``: a tensor, or ``{main_input_name: tensor}`` for a
+    Hugging Face model."""
+    name = getattr(model, "main_input_name", None) if hasattr(model, "config") else None
+    if dtype is None:
+        dtype = torch.int64 if name == "input_ids" else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    if dtype.is_floating_point or dtype.is_complex:
+        x = torch.randn(shape, generator=generator, dtype=dtype)
+    else:
+        high = 2 if dtype is torch.bool else getattr(getattr(model, "config", None), "vocab_size", None) or 2
+        x = torch.randint(0, high, shape, generator=generator).to(dtype)
+    return {name: x} if isinstance(name, str) else x
+
+
+def _call(model: nn.Module, example: Any) -> Any:
+    return model(**example) if isinstance(example, dict) else model(example)
 
 
 def _demo(argv: list[str]) -> int:
@@ -160,20 +223,17 @@ def _demo(argv: list[str]) -> int:
 
 # -- models ----------------------------------------------------------------------------------
 def _load_model(spec: str) -> tuple[nn.Module, Optional[torch.Tensor]]:
-    """``(model, example input or None)`` for a zoo name or ``package.module:callable``."""
+    """``(model, example input or None)`` for a zoo name, ``package.module:callable`` or
+    ``path/to/file.py:callable``."""
     if ":" not in spec:
         if spec not in zoo.MODELS:
             raise UsageError(
-                f"unknown model {spec!r}: use a zoo name ({', '.join(zoo.MODELS)}) or package.module:callable"
+                f"unknown model {spec!r}: use a zoo name ({', '.join(zoo.MODELS)}), package.module:callable "
+                "or path/to/file.py:callable"
             )
         return zoo.get(spec)
-    module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:  # like `python -m`, find modules in the working directory
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise UsageError(f"cannot import {module_name!r} for MODEL {spec!r}: {err}") from err
+    module_name, _, attr = spec.rpartition(":")  # rpartition: a Windows path has a colon
+    obj: Any = _load_file(module_name, spec) if _is_file(module_name) else _import(module_name, spec)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UsageError(f"{module_name!r} has no attribute {attr!r} (MODEL {spec!r})")
@@ -188,6 +248,42 @@ def _load_model(spec: str) -> tuple[nn.Module, Optional[torch.Tensor]]:
         if not isinstance(obj, nn.Module):
             raise UsageError(f"{spec} returned {type(obj).__name__}, not an nn.Module")
     return obj, None
+
+
+def _is_file(name: str) -> bool:
+    return name.endswith(".py") or "/" in name or os.sep in name
+
+
+def _import(module_name: str, spec: str) -> Any:
+    if os.getcwd() not in sys.path:  # like `python -m`, find modules in the working directory
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as err:
+        raise UsageError(f"cannot import {module_name!r} for MODEL {spec!r}: {err}") from err
+
+
+def _load_file(name: str, spec: str) -> Any:
+    """The module of a Python file, loaded by its path (its directory goes on ``sys.path`` for
+    its own imports, as ``python file.py`` does)."""
+    path = Path(name).expanduser().resolve()
+    if not path.is_file():
+        raise UsageError(f"no such file {name!r} (MODEL {spec!r})")
+    module_name = path.stem if path.stem.isidentifier() and path.stem not in sys.modules else None
+    module_name = module_name or f"biofx_model_{abs(hash(str(path))):x}"
+    file_spec = importlib.util.spec_from_file_location(module_name, path)
+    if file_spec is None or file_spec.loader is None:
+        raise UsageError(f"cannot load {name!r} as a Python module (MODEL {spec!r})")
+    module = importlib.util.module_from_spec(file_spec)
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    sys.modules[module_name] = module  # classes defined there pickle and dataclasses work
+    try:
+        file_spec.loader.exec_module(module)
+    except Exception as err:  # the user's code: report it in one line
+        del sys.modules[module_name]
+        raise UsageError(f"loading {name} failed: {type(err).__name__}: {err}") from err
+    return module
 
 
 # biofx.passes.plan's message when Γ does not divide a layer's outputs; its fix names Python calls
@@ -216,6 +312,29 @@ def _shape(text: str) -> tuple[int, ...]:
     if any(size <= 0 for size in shape):
         raise argparse.ArgumentTypeError(f"invalid shape {text!r}: sizes must be positive")
     return shape
+
+
+def _dtype(text: str) -> torch.dtype:
+    """``"int64"`` (or ``"torch.int64"``) → ``torch.int64``."""
+    dtype = getattr(torch, text.strip().removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise argparse.ArgumentTypeError(
+            f"invalid dtype {text!r}: use a torch dtype name such as float32, float16, bfloat16, int64 or bool"
+        )
+    return dtype
+
+
+def _depth(text: str) -> Union[int, str, None]:
+    """``"3"`` → 3, ``"all"`` → ``None`` (every node), ``"auto"`` → ``"auto"``."""
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    try:
+        depth = int(text)
+    except ValueError:
+        depth = 0
+    if depth < 1:
+        raise argparse.ArgumentTypeError(f"invalid depth {text!r}: use a positive number, 'all' or 'auto'")
+    return depth
 
 
 # -- config flags ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The model-level API of a transformed model: :class:`BioMethods`.
 
 ``biofx.transform`` keeps the model's tree and gives its root the class ``(BioMethods,
-<its class>)`` (same name, methods and ``forward``; see :func:`biofx.bio_layer.bio_class`).
+<its class>)`` (same name, methods and ``forward``; see :func:`biofx.pipeline.bio_class`).
 Every method acts on all bio layers of the model (their :class:`~biofx.state.BioSynapses`),
 calling the layer-level method of the same name (the mechanism's ``method`` in
 :mod:`biofx.registry`).
@@ -24,7 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from . import registry
-from .bio_layer import BioLayer, reduce_converted
+from .bio_layer import BioLayer
 from .mechanisms import dale
 from .state import RANK_LOCAL_BUFFERS, STATE_ROOT, BioSynapses
 
@@ -242,18 +242,9 @@ class BioMethods:
         """What was converted (:class:`~biofx.report.TransformReport`), from the tree as it is:
         every bio layer, every layer left plain with the reason (a layer of a known kind that
         appeared after the transform, e.g. a replaced head, is listed as such)."""
-        from .report import layer_report, TransformReport
+        from .report import report_of
 
-        converted, seen = [], set()
-        for path, module in self.named_modules(remove_duplicate=False):
-            if isinstance(module, BioLayer):
-                converted.append(layer_report(path, module))
-                seen.add(path)
-        plain = list(self.__dict__.get("_biofx_plain", ()))
-        for path in self.unconverted_new_layers():
-            plain.append((path, "appeared after biofx.transform (a replaced or added layer): it trains plain"))
-        passes = self.__dict__.get("_biofx_passes", ())
-        return TransformReport(tuple(converted), tuple(plain), passes, self.__dict__.get("_biofx_capture", "fx"))
+        return report_of(self)
 
     def unconverted_new_layers(self) -> list[str]:
         """Paths of layers of a known kind that are neither bio nor listed plain by the transform:
@@ -267,36 +258,12 @@ class BioMethods:
             if kind_of(module) is not None and not isinstance(module, BioLayer) and path not in known
         ]
 
-    def convert_replaced_layers(self) -> list[str]:
-        """Convert the plain layers now standing where the transform converted one (a head
-        replaced for fine-tuning, Hugging Face's ``resize_token_embeddings``), with that
-        layer's config, rule and index; their state is drawn from their current weights.
-        Returns their paths. A layer at a new path needs a new transform of the model."""
-        from .pipeline import reconvert
-
-        return reconvert(self)
-
-    # -- pickling and copies ----------------------------------------------------------------
-    def __reduce_ex__(self, protocol: int):
-        return reduce_converted(self)
-
+    # -- pickling and copies (rebuilt from the model's class: reduce_converted) ---------------
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         from . import runtime
 
         runtime.register_model(self)
-
-
-class FollowsResize:
-    """Mixin of a transformed Hugging Face model: ``resize_token_embeddings`` replaces an untied
-    output layer with a new plain ``nn.Linear`` (Llama); it is converted again with its plan,
-    so it keeps training bio. (A tied head keeps its bio layer: its state follows the new
-    weight, see :meth:`biofx.BioSynapses.follow_weight`.)"""
-
-    def resize_token_embeddings(self, *args: Any, **kwargs: Any):
-        embeddings = super().resize_token_embeddings(*args, **kwargs)
-        self.convert_replaced_layers()
-        return embeddings
 
 
 def _bio_key(key: str) -> bool:

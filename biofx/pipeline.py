@@ -2,7 +2,7 @@
 
 ::
 
-    model ──see──▶ model graph ──plan──▶ BioLayers ──number──▶ ──build──▶ the model, its tree kept
+    model ──see──▶ model graph ──plan──▶ PlannedLayers ──number──▶ ──build──▶ the model, its tree kept
           (torch.fx, torch.export,    (configs,       (index, seed,   each layer: class Bio<Name>,
            else the module tree)       plain + why)    split)         its own graph through the passes
 
@@ -32,12 +32,13 @@ import torch.fx as fx
 import torch.nn as nn
 
 from . import capture as capture_
-from .bio_layer import bio_class, layer_graph
+from .bio_layer import BioLayer, layer_graph
 from .config import ConfigMap, Distribution
 from .layers import kind_of
+from .model import BioMethods
 from .passes import run_passes
 from .passes.plan import (
-    BioLayer,
+    PlannedLayer,
     check_weight_flow,
     convertible_modules,
     output_layer,
@@ -49,7 +50,7 @@ from .tracing import TraceError, trace
 
 log = logging.getLogger("biofx")
 
-__all__ = ["Seen", "LayerPlan", "see", "plan", "number", "build_layer", "convert", "reconvert"]
+__all__ = ["Seen", "LayerPlan", "see", "plan", "number", "build_layer", "convert", "reconvert", "bio_class"]
 
 
 @dataclasses.dataclass
@@ -138,7 +139,7 @@ def share_states(layers: list, model: nn.Module) -> None:
         layer.shared_with = tuple(readers.get(id(layer.module.weight), ()))
 
 
-def build_layer(layer: BioLayer, root: bool = False) -> list:
+def build_layer(layer: PlannedLayer, root: bool = False) -> list:
     """Convert one planned layer in place: its class becomes ``Bio<Name>`` and its own graph
     goes through the passes. Returns the passes' records."""
     module = layer.module
@@ -181,15 +182,79 @@ def convert(model: nn.Module, layers: list, root_is_layer: bool) -> dict:
 
 def reconvert(model: nn.Module) -> list[str]:
     """Convert plain layers standing where the transform converted one (see
-    :meth:`biofx.model.BioMethods.convert_replaced_layers`)."""
+    :meth:`ReplacedLayers.convert_replaced_layers`)."""
     plans = model.__dict__.get("_biofx_plans", {})
     layers = []
     for path in model.unconverted_new_layers():
         if path not in plans:
             continue
         module, was = model.get_submodule(path), plans[path]
-        layer = BioLayer(path, module, kind_of(module), was.config, was.rule, [], path=path)
+        layer = PlannedLayer(path, module, kind_of(module), was.config, was.rule, [], path=path)
         layer.index, layer.total, layer.seed, layer.split = was.index, was.total, was.seed, was.split
         layers.append(layer)
     convert(model, layers, root_is_layer=False)
     return [layer.path for layer in layers]
+
+
+# -- the classes of converted modules ---------------------------------------------------------
+class ReplacedLayers:
+    """Mixin of a transformed model's root: converting layers put in after the transform."""
+
+    def convert_replaced_layers(self) -> list[str]:
+        """Convert the plain layers now standing where the transform converted one (a head
+        replaced for fine-tuning, Hugging Face's ``resize_token_embeddings``), with that
+        layer's config, rule and index; their state is drawn from their current weights.
+        Returns their paths. A layer at a new path needs a new transform of the model."""
+        return reconvert(self)
+
+
+class FollowsResize:
+    """Mixin of a transformed Hugging Face model: ``resize_token_embeddings`` replaces an untied
+    output layer with a new plain ``nn.Linear`` (Llama); it is converted again with its plan,
+    so it keeps training bio. (A tied head keeps its bio layer: its state follows the new
+    weight, see :meth:`biofx.BioSynapses.follow_weight`.)"""
+
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any):
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        reconvert(self)
+        return embeddings
+
+
+_CLASSES: dict[tuple, type] = {}
+
+
+def bio_class(base: type, *, root: bool = False, layer: bool = False) -> type:
+    """The cached class of a converted module: ``Bio<Name>(BioLayer, base)`` for a layer,
+    ``(BioMethods, base)`` for a transformed model's root (its name kept, so Hugging Face
+    ``save_pretrained`` and ``repr`` say the model's own class), both for a model that is one
+    layer. Instances pickle as "rebuild from ``base``" (:func:`reduce_converted`)."""
+    key = (base, root, layer)
+    cls = _CLASSES.get(key)
+    if cls is None:
+        mixins = ((ReplacedLayers, BioMethods) if root else ()) + ((BioLayer,) if layer else ())
+        if root and hasattr(base, "resize_token_embeddings"):  # Hugging Face
+            mixins = (FollowsResize, *mixins)
+        name = f"Bio{base.__name__}" if layer else base.__name__
+        attrs = {
+            "__module__": base.__module__ if not layer else BioLayer.__module__,
+            "__qualname__": name,
+            "__reduce_ex__": reduce_converted,
+            "_biofx_key": key,
+        }
+        cls = _CLASSES[key] = type(name, (*mixins, base), attrs)
+    return cls
+
+
+def reduce_converted(module: nn.Module, protocol: int = 2) -> tuple:
+    """``__reduce_ex__`` of a converted module: rebuilt from its importable class, without the
+    generated forward (made again from the graph) and the cached model graph."""
+    state = dict(module.__dict__)
+    for name in ("_bio_forward", "_biofx_graph"):
+        state.pop(name, None)
+    return (_rebuild, type(module)._biofx_key, state)
+
+
+def _rebuild(base: type, root: bool, layer: bool) -> nn.Module:
+    """Unpickle a converted module: an empty instance; pickle then restores its state."""
+    cls = bio_class(base, root=root, layer=layer)
+    return cls.__new__(cls)

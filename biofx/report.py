@@ -19,11 +19,11 @@ import logging
 import math
 
 from . import registry
-from .model import BioMethods
+from .bio_layer import BioLayer
 
 log = logging.getLogger("biofx")
 
-__all__ = ["LayerReport", "TransformReport", "Summary", "summary", "layer_report", "log_plain"]
+__all__ = ["LayerReport", "TransformReport", "Summary", "summary", "layer_report", "report_of", "log_plain"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +73,20 @@ def layer_report(path: str, layer) -> LayerReport:
     )
     kind = layer.bio_state.kind.name
     return LayerReport(path, kind, tuple(layer.weight.shape), plan.rule, mechanisms, layer.bio_state.state_bytes())
+
+
+def report_of(model) -> TransformReport:
+    """The report of a transformed model, from its tree as it is (``bio.bio_report``)."""
+    converted = [
+        layer_report(path, module)
+        for path, module in model.named_modules(remove_duplicate=False)
+        if isinstance(module, BioLayer)
+    ]
+    plain = list(model.__dict__.get("_biofx_plain", ()))
+    for path in model.unconverted_new_layers():
+        plain.append((path, "appeared after biofx.transform (a replaced or added layer): it trains plain"))
+    passes = model.__dict__.get("_biofx_passes", ())
+    return TransformReport(tuple(converted), tuple(plain), passes, model.__dict__.get("_biofx_capture", "fx"))
 
 
 def log_plain(plain: list) -> None:
@@ -151,14 +165,14 @@ class Summary:
         return "\n".join(lines)
 
 
-def summary(bio: BioMethods) -> Summary:
+def summary(bio) -> Summary:
     """Summarize a model returned by :func:`biofx.transform` (its ``bio_report`` as a table)."""
-    if not isinstance(bio, BioMethods):
+    report = getattr(bio, "bio_report", None)
+    if not isinstance(report, TransformReport):
         raise TypeError(
             f"summary() needs a model transformed by biofx, got {type(bio).__name__}; "
             "call biofx.transform(model) first and pass its result"
         )
-    report = bio.bio_report
     return Summary(type(bio).__name__, report.converted, tuple(report.plain))
 
 

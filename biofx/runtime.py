@@ -87,7 +87,7 @@ def register(synapses) -> None:
     """Add a live state (a :class:`~biofx.BioSynapses`); an older live state of the same
     Parameter (an earlier transform of the same model) is superseded: the optimizer-step
     hooks stop driving it."""
-    for other in list(_LIVE):
+    for other in live_synapses()[1]:
         if other is not synapses and other.weight is synapses.weight and not other.superseded:
             other.superseded = True
             log.warning(
@@ -108,8 +108,8 @@ def register_model(model) -> None:
 
 
 def live_synapses() -> tuple[int, list]:
-    """The registration count and every live, managed BioSynapses."""
-    return _REGISTRATIONS[0], list(_LIVE)
+    """The registration count and every live, managed BioSynapses whose layer exists."""
+    return _REGISTRATIONS[0], [synapses for synapses in list(_LIVE) if synapses.alive]
 
 
 # -- the optimizer-step hooks ---------------------------------------------------------------

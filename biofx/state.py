@@ -177,6 +177,11 @@ class BioSynapses(nn.Module):
             raise RuntimeError(f"the layer {self.layer_name!r} of this bio state no longer exists")
         return layer
 
+    @property
+    def alive(self) -> bool:
+        """Whether its layer still exists (a state kept after its model was dropped is not)."""
+        return self.__dict__["_layer_ref"]() is not None
+
     def attach(self, layer: nn.Module) -> None:
         """Link the state to its layer again (after unpickling or a deep copy) and register it."""
         self.__dict__["_layer_ref"] = weakref.ref(layer)
@@ -219,7 +224,15 @@ class BioSynapses(nn.Module):
             self.undrawn = False
 
     def _apply(self, fn, recurse=True):
-        """Move buffers with the model but keep their dtypes (bio state stays float32)."""
+        """Move buffers with the model but keep their dtypes (bio state stays float32).
+
+        Under FSDP2 (``model.to(...)`` or ``model.to_empty(...)`` after ``fully_shard``: the
+        weight is a DTensor) the per-weight state is sharded like the weight first, so a rank
+        moves or materializes its rows only."""
+        ref = self.__dict__.get("_layer_ref")
+        layer = None if ref is None else ref()
+        if layer is not None and sharding.is_sharded(layer.weight):
+            self._shard()
         dtypes = {name: b.dtype for name, b in self._buffers.items() if b is not None}
         # zero counts moved are zero counts (but not from the meta device: to_empty leaves garbage)
         zero_counts = not self._counts_may_be_nonzero() and self._buffers[self._per_weight].device.type != "meta"

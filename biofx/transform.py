@@ -17,12 +17,12 @@ import torch
 import torch.nn as nn
 
 from . import runtime
-from .bio_layer import BioLayer, bio_class
+from .bio_layer import BioLayer
 from .config import BioConfig, ConfigMap
 from .layers import kind_of
 from .model import BioMethods
 from .passes import PASSES
-from .pipeline import Seen, convert, number, plan, see
+from .pipeline import Seen, bio_class, convert, number, plan, see
 from .report import LayerReport, TransformReport, log_plain
 
 log = logging.getLogger("biofx")

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import biofx
 import biofx.kernels
 
 # Fused kernels compile on first use (seconds each); the suite tests the plain functions and
@@ -25,6 +26,12 @@ class GeneralPathSGD(torch.optim.SGD):
     """Plain SGD under another type: the step hooks cannot know its step, so they keep each
     weight and rescale its update after the step (the path of every other optimizer), where
     ``torch.optim.SGD`` itself has its gradient scaled before the step."""
+
+
+def bio_nodes(bio):
+    """Every node of the bio layers' own graphs (each converted layer once), in module order."""
+    layers = {id(m): m for m in bio.modules() if isinstance(m, biofx.BioLayer)}
+    return [node for layer in layers.values() for node in layer.graph.nodes]
 
 
 def conv_model(dims: int, in_ch=3, mid=4, out=2):

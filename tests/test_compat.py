@@ -38,7 +38,7 @@ def test_converter_config_api():
 
 def test_convert_instance_call_and_methods():
     bio = BioConverter()(SimpleModel())
-    assert isinstance(bio, biofx.BioGraphModule)
+    assert isinstance(bio, biofx.BioMethods)
     out = bio(torch.randn(1, 10))
     assert out.shape == (1, 1)
     for name in ("fuzzy_learning_rates", "volume_dependent_lr", "crystallize", "rejuvenate_weights",
@@ -61,12 +61,12 @@ def test_convert_class_and_decorator():
             return self.fc2(torch.relu(self.fc1(x)))
 
     model = Decorated(hidden=6)
-    assert isinstance(model, biofx.BioGraphModule)
+    assert isinstance(model, biofx.BioMethods) and type(model).__name__ == "Decorated"
     assert model.fc1.out_features == 6
     model(torch.randn(2, 4)).sum().backward()
     model.crystallize()
     Converted = BioConverter().convert(SimpleModel)
-    assert isinstance(Converted(), biofx.BioGraphModule)
+    assert isinstance(Converted(), biofx.BioMethods)
 
 
 def test_convert_rejects_other_types():

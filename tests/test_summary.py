@@ -1,5 +1,6 @@
 """biofx.summary: rows per bio layer, totals from the live bio state, the plain layers and why."""
 
+import copy
 import pytest
 import torch.fx as fx
 import torch.nn as nn
@@ -15,7 +16,7 @@ CONFIG = dict(weight_splitting_Gamma=2, apply_dales_principle=True, automatic=("
 def bio():
     """An MLP with one layer left plain by a ConfigMap."""
     model = zoo.MLP(in_features=12, hidden=(8, 6), out_features=4)
-    return biofx.transform(model, biofx.ConfigMap({"fc2": None}), **CONFIG)
+    return biofx.transform(copy.deepcopy(model), biofx.ConfigMap({"fc2": None}), **CONFIG)
 
 
 def test_totals_are_the_sums_over_the_bio_layers(bio):
@@ -24,7 +25,7 @@ def test_totals_are_the_sums_over_the_bio_layers(bio):
     assert s.layers == len(layers) == 2
     assert s.state_bytes == sum(layer.state_bytes() for layer in layers) == bio.bio_state_bytes()
     # counted independently: every buffer of every state module
-    assert s.state_bytes == sum(b.numel() * b.element_size() for b in bio.biofx_state.buffers())
+    assert s.state_bytes == sum(b.numel() * b.element_size() for layer in bio.bio_layers() for b in layer.buffers())
     assert s.weights == sum(layer.weight.numel() for layer in layers) == 8 * 12 + 4 * 6
     assert s.bytes_per_weight == pytest.approx(s.state_bytes / s.weights)
     assert s.bytes_per_weight >= 4  # at least one float32 fuzzy multiplier per weight
@@ -48,7 +49,7 @@ def test_table_shows_rows_totals_and_plain_layers(bio):
     s = summary(bio)
     text = str(s)
     lines = text.splitlines()
-    assert lines[1] == "BioMLP (biofx)"
+    assert lines[1] == "MLP (biofx)"
     assert lines[3].split() == ["Bio", "layer", "Kind", "Weight", "shape", "Mechanisms", "Bio", "state"]
     fc1 = next(line for line in lines if line.startswith("fc1 "))
     assert "[8, 12]" in fc1 and ", ".join(s.rows[0].mechanisms) in fc1 and fc1.endswith(f"{s.rows[0].state_bytes} B")
@@ -60,7 +61,7 @@ def test_table_shows_rows_totals_and_plain_layers(bio):
 
 def test_conv_layers_and_large_state_use_binary_units():
     model, _ = zoo.get("cnn")
-    s = summary(biofx.transform(model, seed=0))
+    s = summary(biofx.transform(copy.deepcopy(model), seed=0))
     assert [(row.name, row.kind) for row in s.rows] == [
         ("conv1", "Conv2d"),
         ("conv2", "Conv2d"),

@@ -1,7 +1,7 @@
 """The pass manager: the fixed order of the rewrite passes.
 
 A pass is a function ``(gm, layers) -> inserted nodes``: it rewrites ``gm.graph`` for the
-planned layers (:class:`~biofx.passes.plan.BioLayer`) and tags every node it inserts.
+planned layers (:class:`~biofx.passes.plan.PlannedLayer`) and tags every node it inserts.
 :func:`run_passes` runs them in :data:`PASSES` order, then lints and recompiles once.
 """
 

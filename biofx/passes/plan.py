@@ -12,7 +12,7 @@ and kinds added with :func:`biofx.register_layer_kind`). A subclass (its own ``f
 QAT layer), a quantized or parametrized layer stays plain with the reason, so nothing
 custom vanishes.
 
-Which stage writes which :class:`BioLayer` field: the plan all but the ones below;
+Which stage writes which :class:`PlannedLayer` field: the plan all but the ones below;
 ``number`` ``index``, ``total``, ``seed``, ``split`` (and LAYER_ADAPTIVE's l and L in
 ``config``); the build ``name``, ``sites`` and ``state`` (for a tied weight, the state of
 its first layer); the passes ``sites``, ``weight_nodes`` (inline_layers, then each chain)
@@ -36,7 +36,7 @@ from . import tags
 
 
 @dataclasses.dataclass
-class BioLayer:
+class PlannedLayer:
     """The plan of one converted layer (a module; it may be called at several sites).
 
     ``name`` is the layer's target in the graph being rewritten: its path in the model graph
@@ -102,7 +102,7 @@ def strict_reason(module: nn.Module, kind: LayerKind) -> Optional[str]:
 def plan_layers(gm: fx.GraphModule, config_map: ConfigMap, model: nn.Module):
     """From a model graph: the bio layers in execution order and ``(name, reason)`` for the
     layers left plain. Whether every ConfigMap entry matched a layer is checked by the caller."""
-    layers: dict[str, BioLayer] = {}
+    layers: dict[str, PlannedLayer] = {}
     plain: dict[str, str] = {}
     bypasses = _bypasses(gm)
     for node in gm.graph.nodes:
@@ -125,7 +125,7 @@ def plan_layers(gm: fx.GraphModule, config_map: ConfigMap, model: nn.Module):
         elif node.target in bypasses:
             plain[node.target] = bypasses[node.target]
         else:
-            layers[node.target] = BioLayer(node.target, module, kind, config, rule, [node], path=node.target)
+            layers[node.target] = PlannedLayer(node.target, module, kind, config, rule, [node], path=node.target)
     return list(layers.values()), _explain_plain(gm, model, layers, plain)
 
 
@@ -139,16 +139,13 @@ def plan_modules(model: nn.Module, config_map: ConfigMap, leaf_modules: tuple = 
         for path, module in model.named_modules()
         if path
         and kind_of(module) is None
-        and type(module).forward is not nn.Module.forward  # a container (ModuleList) is no leaf
+        and not isinstance(module, (nn.ModuleList, nn.ModuleDict))  # containers: searched
         and tracer.is_leaf_module(module, path)
     ]
-    layers, plain = [], []
-    scripted = dict(scripted_layers(model))
+    layers, plain = [], list(scripted_layers(model)) + list(quantized_layers(model))
     for path, module in convertible_modules(model):
         owner = next(((p, m) for p, m in leaves if path.startswith(p + ".")), None)
-        if path in scripted:
-            plain.append((path, scripted[path]))
-        elif owner is not None:
+        if owner is not None:
             plain.append((path, f"inside leaf module {owner[0]!r} ({type(owner[1]).__name__}), {leaf_reason(owner[1])}"))
         else:
             kind = kind_of(module)
@@ -156,8 +153,8 @@ def plan_modules(model: nn.Module, config_map: ConfigMap, leaf_modules: tuple = 
             if config is None:
                 plain.append((path, rule))
             else:
-                layers.append(BioLayer(path, module, kind, config, rule, [], path=path))
-    return layers, plain + list(quantized_layers(model))
+                layers.append(PlannedLayer(path, module, kind, config, rule, [], path=path))
+    return layers, plain
 
 
 def _bypasses(gm: fx.GraphModule) -> dict:
@@ -223,7 +220,7 @@ def check_initialized(name: str, module: nn.Module) -> None:
         )
 
 
-def output_layer(layers: list[BioLayer]) -> BioLayer:
+def output_layer(layers: list[PlannedLayer]) -> PlannedLayer:
     """The layer whose last call comes last (in a model graph), else the last in module order."""
     if not all(layer.sites for layer in layers):
         return layers[-1]
@@ -231,7 +228,7 @@ def output_layer(layers: list[BioLayer]) -> BioLayer:
     return max(layers, key=lambda l: max(position[site] for site in l.sites))
 
 
-def plan_splitting(layers: list[BioLayer], last=None) -> None:
+def plan_splitting(layers: list[PlannedLayer], last=None) -> None:
     """Decide ``split`` for each layer (``last``, the model's last bio layer, is skipped);
     Γ must divide a split layer's output count."""
     for layer in layers:

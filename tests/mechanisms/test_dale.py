@@ -1,5 +1,6 @@
 """Dale's principle: parametrizations (column, DANN), recovery, balanced init, graph, checkpoints."""
 
+import copy
 import pytest
 import torch
 import torch.nn as nn
@@ -10,6 +11,7 @@ from biofx import ops
 from biofx.bio_module import BioModule
 from biofx.mechanisms import dale
 from biofx.passes import tags
+from conftest import bio_nodes
 
 MODES = ["dann", "column"]
 
@@ -192,14 +194,14 @@ def test_interneuron_count_follows_the_excitatory_fraction():
 @pytest.mark.parametrize("mode", MODES)
 def test_graph_nodes_and_tags(mode):
     bio = dale_only(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)), mode)
-    linear = next(n for n in bio.graph.nodes if n.target is F.linear)
+    linear = next(n for n in bio_nodes(bio) if n.target is F.linear)
     chain = [ops.dale_inhibit, ops.dale_weight] if mode == "dann" else [ops.dale_weight]
     node = linear.args[1]
     for op in chain:
         assert node.target is op
         assert tags.get_tag(node) == {"mechanism": "dale", "layer": "0", "pass": "dale"}
         node = node.args[0]
-    assert node.op == "get_attr" and node.target == "0.weight"
+    assert node.op == "get_attr" and node.target == "weight"  # the layer's own graph
     names = dict(bio.named_parameters())
     assert "0.weight" in names
     assert ({"0.dale_w_ei", "0.dale_w_ie"} <= names.keys()) == (mode == "dann")

@@ -86,7 +86,7 @@ def test_clamped_to_min_max():
 
 def test_layer_adaptive_uses_execution_order():
     model = nn.Sequential(nn.Linear(50, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 400))
-    bio = biofx.transform(model, fuzzy_lr_distribution="layer_adaptive", fuzzy_learning_rate_factor_nu=NU, **WIDE)
+    bio = biofx.transform(copy.deepcopy(model), fuzzy_lr_distribution="layer_adaptive", fuzzy_learning_rate_factor_nu=NU, **WIDE)
     for layer in bio.bio_layers():
         nu_l = NU * (1 - 0.5 * layer.index / 3)
         spread = (layer.fuzzy_lr - 1).abs()
@@ -97,7 +97,7 @@ def test_layer_adaptive_uses_execution_order():
 def test_weight_adaptive_spread_follows_weight_size():
     model = big_mlp()
     w = model[0].weight.detach().clone()
-    bio = biofx.transform(model, fuzzy_lr_distribution="weight_adaptive", fuzzy_learning_rate_factor_nu=NU, **WIDE)
+    bio = biofx.transform(copy.deepcopy(model), fuzzy_lr_distribution="weight_adaptive", fuzzy_learning_rate_factor_nu=NU, **WIDE)
     bound = NU * torch.clamp(2 - w.abs() / (w.abs().mean() + 1e-8), 0.5, 1.5)
     assert ((multipliers(bio) - 1).abs() <= bound + 1e-6).all()
     small = w.abs() < 0.3 * w.abs().mean()
@@ -132,7 +132,7 @@ def test_temporal_decay_and_noise():
 
 def test_activity_counts_own_output_and_redraws_rows():
     model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 32))
-    bio = biofx.transform(model, fuzzy_lr_distribution="activity", fuzzy_lr_dynamic=True, automatic=(),
+    bio = biofx.transform(copy.deepcopy(model), fuzzy_lr_distribution="activity", fuzzy_lr_dynamic=True, automatic=(),
                           fuzzy_learning_rate_factor_nu=NU, **WIDE)
     x = torch.randn(50, 10)
     out0 = model[0](x)  # the first layer's own output (not the model input)

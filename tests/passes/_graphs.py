@@ -1,7 +1,7 @@
 """Small hand-built graphs for running one pass alone.
 
 ``fc_graph()``: ``x → fc(x) → relu → output`` on a root holding ``fc = nn.Linear(4, 6)``,
-with the layer planned by hand (a :class:`~biofx.passes.plan.BioLayer`). ``functional=True``
+with the layer planned by hand (a :class:`~biofx.passes.plan.PlannedLayer`). ``functional=True``
 builds the graph the ``inline_layers`` pass leaves (``F.linear(x, fc.weight, fc.bias)``);
 ``with_state`` attaches the state module as ``attach_state`` would (not registered with the
 optimizer-step hooks).
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from biofx import BioConfig
 from biofx.layers import kind_of
 from biofx.passes import tags
-from biofx.passes.plan import BioLayer
+from biofx.passes.plan import PlannedLayer
 from biofx.state import STATE_ROOT, BioSynapses
 
 
@@ -33,7 +33,7 @@ def fc_graph(functional: bool = True, with_state: bool = True, **config):
         call = graph.call_module("fc", (x,))
     graph.output(graph.call_function(torch.relu, (call,)))
     gm = fx.GraphModule(root, graph)
-    layer = BioLayer("fc", root.fc, kind_of(root.fc), BioConfig(seed=0, **config), "default", [call], path="fc")
+    layer = PlannedLayer("fc", root.fc, kind_of(root.fc), BioConfig(seed=0, **config), "default", [call], path="fc")
     if functional:
         layer.weight_nodes[call] = weight
     if with_state:

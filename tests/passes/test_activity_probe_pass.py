@@ -15,13 +15,13 @@ def test_probe_after_the_output_counts_activity_in_training_only():
     gm.graph.lint()
     gm.recompile()
     assert inserted == new_nodes(gm, before)
-    assert [(n.op, n.target) for n in inserted] == [("call_module", "biofx_state.fc")]
+    assert [(n.op, n.target) for n in inserted] == [("call_module", "biofx_state")]
     check_tags(inserted, "activity", "activity_probe")
     call = next(n for n in gm.graph.nodes if n.target is F.linear)
     assert list(call.users) == inserted
     x = torch.randn(5, 4)
     torch.testing.assert_close(gm(x), torch.relu(layer.module(x)))  # the output is unchanged
-    state = gm.biofx_state.fc
+    state = gm.biofx_state
     assert int(state.activity_n) == 5
     gm.eval()
     gm(x)

@@ -24,7 +24,7 @@ def test_weight_chain_gets_the_dale_nodes(mode):
         assert weight_chain(call) == [ops.dale_weight, "fc.weight"]
     else:
         assert weight_chain(call) == [ops.dale_inhibit, ops.dale_weight, "fc.weight"]
-    state = gm.biofx_state.fc
+    state = gm.biofx_state
     x = torch.randn(3, 4)
     expected = torch.relu(F.linear(x, state.dale_weight(), layer.module.bias))
     torch.testing.assert_close(gm(x), expected)

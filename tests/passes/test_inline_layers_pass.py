@@ -26,19 +26,28 @@ def test_call_module_becomes_functional_call_on_tagged_weights():
     assert torch.equal(gm(x), expected)
 
 
-def test_root_layer_call_is_inlined_too():
+def test_a_layers_own_graph_is_inlined_on_the_layer():
+    """In a bio layer's own graph (``input → call_module("") → output``) the targets are the layer's."""
+    import copy
+
     import torch.nn as nn
-    from biofx.pipeline import Graph, plan, root_layer_graph
-    from biofx import ConfigMap, BioConfig
+
+    from biofx import BioConfig
+    from biofx.bio_layer import layer_graph
+    from biofx.pipeline import bio_class
+    from biofx.layers import kind_of
+    from biofx.passes.plan import PlannedLayer
 
     linear = nn.Linear(4, 6)
-    graph = Graph(linear, root_layer_graph(linear))
-    plan(graph, ConfigMap(default=BioConfig(seed=0)))
-    (layer,) = graph.layers
-    inserted = inline_layers_pass(graph.gm, [layer])
-    graph.gm.graph.lint()
-    graph.gm.recompile()
+    module = copy.deepcopy(linear)
+    module.__class__ = bio_class(nn.Linear, layer=True)
+    module.graph = layer_graph()
+    site = next(n for n in module.graph.nodes if n.op == "call_module")
+    layer = PlannedLayer("", module, kind_of(module), BioConfig(seed=0), "default", [site], path="fc")
+    inserted = inline_layers_pass(module, [layer])
+    module.graph.lint()
+    module.recompile()
     assert [n.target for n in inserted] == ["weight", "bias", F.linear]
-    check_tags(inserted, "layer", "inline_layers", layer="")
+    check_tags(inserted, "layer", "inline_layers", layer="fc")
     x = torch.randn(2, 4)
-    assert torch.equal(graph.gm(x), linear(x))
+    assert torch.equal(module.__dict__["_bio_forward"](module, x), linear(x))

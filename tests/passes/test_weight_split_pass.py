@@ -1,12 +1,14 @@
 """weight_split_pass: alone on a hand-built graph, and forward outputs against the explicit formula
 for every layer kind."""
 
+import copy
 import pytest
 import torch
 import torch.nn as nn
 
 import biofx
 from biofx.passes import tags
+from conftest import bio_nodes
 
 GAMMA = 2
 
@@ -33,7 +35,7 @@ KINDS = {
 def test_split_forward_matches_formula(kind, activation):
     make, make_x, dim = KINDS[kind]
     model, x = make(), make_x()
-    bio = biofx.transform(model, weight_splitting_Gamma=GAMMA, weight_splitting_activation_function=activation,
+    bio = biofx.transform(copy.deepcopy(model), weight_splitting_Gamma=GAMMA, weight_splitting_activation_function=activation,
                           fuzzy_lr_distribution="baseline")
     act = activation
     hidden = reference_split(act(model[0](x)), GAMMA, dim)
@@ -43,8 +45,8 @@ def test_split_forward_matches_formula(kind, activation):
 
 def test_nodes_tagged_and_last_layer_skipped():
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 4))
-    bio = biofx.transform(model, weight_splitting_Gamma=3, weight_splitting_activation_function="relu")
-    split = [tags.get_tag(n) for n in bio.graph.nodes if (tags.get_tag(n) or {}).get("mechanism") == "weight_split"]
+    bio = biofx.transform(copy.deepcopy(model), weight_splitting_Gamma=3, weight_splitting_activation_function="relu")
+    split = [tags.get_tag(n) for n in bio_nodes(bio) if (tags.get_tag(n) or {}).get("mechanism") == "weight_split"]
     assert sorted({t["layer"] for t in split}) == ["0", "2"]
     assert len(split) == 4  # activation + group sum for each split layer
 
@@ -52,8 +54,8 @@ def test_nodes_tagged_and_last_layer_skipped():
 def test_single_layer_model_is_split_and_validated():
     with pytest.raises(ValueError, match="must evenly divide the number of features \\(15\\)"):
         biofx.transform(nn.Linear(10, 15), weight_splitting_Gamma=2)
-    bio = biofx.transform(nn.Linear(10, 16), weight_splitting_Gamma=2, fuzzy_lr_distribution="baseline")
-    lin = bio.bio_layers()[0].layer
+    lin = nn.Linear(10, 16)
+    bio = biofx.transform(copy.deepcopy(lin), weight_splitting_Gamma=2, fuzzy_lr_distribution="baseline")
     x = torch.randn(3, 10)
     torch.testing.assert_close(bio(x), reference_split(lin(x), 2, -1))
 
@@ -61,7 +63,7 @@ def test_single_layer_model_is_split_and_validated():
 def test_gamma_error_names_layer_count_and_gamma():
     model = nn.Sequential(nn.Linear(4, 9), nn.ReLU(), nn.Linear(9, 4))
     with pytest.raises(ValueError) as info:
-        biofx.transform(model, weight_splitting_Gamma=2)
+        biofx.transform(copy.deepcopy(model), weight_splitting_Gamma=2)
     msg = str(info.value)
     assert "'0'" in msg and "(9)" in msg and "(2)" in msg
 
@@ -69,8 +71,8 @@ def test_gamma_error_names_layer_count_and_gamma():
 def test_skipped_layers_not_validated():
     model = nn.Sequential(nn.Linear(4, 9), nn.ReLU(), nn.Linear(9, 5))  # last layer: 5 outputs, skipped
     biofx.BioConverter.mark_skip_weight_splitting(model[0])
-    bio = biofx.transform(model, weight_splitting_Gamma=2)
-    assert not any((tags.get_tag(n) or {}).get("mechanism") == "weight_split" for n in bio.graph.nodes)
+    bio = biofx.transform(copy.deepcopy(model), weight_splitting_Gamma=2)
+    assert not any((tags.get_tag(n) or {}).get("mechanism") == "weight_split" for n in bio_nodes(bio))
 
 
 def test_last_layer_is_last_in_execution_order_not_definition_order():
@@ -84,7 +86,7 @@ def test_last_layer_is_last_in_execution_order_not_definition_order():
             return self.head(torch.relu(self.body(x)))
 
     bio = biofx.transform(Reordered(), weight_splitting_Gamma=2)
-    layers = {t["layer"] for n in bio.graph.nodes if (t := tags.get_tag(n)) and t["mechanism"] == "weight_split"}
+    layers = {t["layer"] for n in bio_nodes(bio) if (t := tags.get_tag(n)) and t["mechanism"] == "weight_split"}
     assert layers == {"body"}
 
 
@@ -103,7 +105,7 @@ def test_pass_alone_on_a_hand_built_graph():
     gm.recompile()
     assert inserted == new_nodes(gm, before)
     assert [(n.op, n.target) for n in inserted] == [
-        ("call_module", "biofx_state.fc.split_activation"), ("call_function", ops.weight_split)]
+        ("call_module", "biofx_state.split_activation"), ("call_function", ops.weight_split)]
     check_tags(inserted, "weight_split", "weight_split")
     call = next(n for n in gm.graph.nodes if n.target is F.linear)
     assert list(call.users) == [inserted[0]]
