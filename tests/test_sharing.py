@@ -57,7 +57,7 @@ def test_tied_layers_share_one_state():
 def test_explicit_methods_act_once_on_a_tied_weight():
     model = TiedPair()
     plain = copy.deepcopy(model)
-    bio = biofx.transform(model, automatic=(), seed=0)
+    bio = biofx.transform(copy.deepcopy(model), automatic=(), seed=0)
     x = torch.randn(5, 8)
     plain(x).square().sum().backward()
     bio(x).square().sum().backward()
@@ -79,7 +79,7 @@ def test_dale_on_a_tied_weight_keeps_one_sign_per_unit():
 def test_tied_embedding_and_head_get_the_factor_on_the_whole_gradient(acts_on):
     model = TiedLM()
     plain = copy.deepcopy(model)
-    bio = biofx.transform(model, acts_on=acts_on, fuzzy_learning_rate_factor_nu=0.5, seed=0)
+    bio = biofx.transform(copy.deepcopy(model), acts_on=acts_on, fuzzy_learning_rate_factor_nu=0.5, seed=0)
     ids = torch.randint(0, 20, (4, 6))
     lr = 0.1
     for net in (plain, bio):
@@ -96,14 +96,17 @@ def test_tied_embedding_and_head_get_the_factor_on_the_whole_gradient(acts_on):
     assert (plain.step_taken.abs() > 1e-4).float().mean() > 0.5  # a real step, not rounding noise
 
 
-def test_a_second_transform_takes_the_weights_over():
+def test_a_second_transform_of_shared_weights_takes_them_over():
     model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    twin = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    twin[0].weight, twin[2].weight = model[0].weight, model[2].weight  # other modules, the same Parameters
     old = biofx.transform(model, rejuvenate_every=1, seed=0)
-    new = biofx.transform(model, rejuvenate_every=1, seed=0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    new = biofx.transform(twin, rejuvenate_every=1, seed=0)
+    optimizer = torch.optim.SGD(twin.parameters(), lr=0.1)
     new(torch.randn(3, 6)).sum().backward()
     optimizer.step()
     assert [int(layer.rejuvenations) for layer in new.bio_layers()] == [1, 1]  # once, not twice
-    assert all(int(layer.rejuvenations) == 0 for layer in old.biofx_state.values())
+    assert all(int(layer.rejuvenations) == 0 for layer in old.bio_layers.__self__.modules()
+               if isinstance(layer, biofx.BioSynapses))
     with pytest.raises(RuntimeError, match="newer biofx.transform"):
         old.rejuvenate_weights()
