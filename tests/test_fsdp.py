@@ -12,9 +12,20 @@ process sums the full batch, and mean|W| is a sum of two shards' sums: float32 r
 (``rtol=1e-5, atol=1e-6``, as in ``tests/test_distributed.py``). Everything else a shard does
 (the multipliers of its rows, the random draws at its flat indices, max|W|) is exact. Ranks
 must agree bit for bit on the gathered tensors.
+
+The same run also shards real models as training recipes do (issue 22): an ``nn.Sequential``
+of blocks and a tiny Hugging Face Llama, per block (``fully_shard`` on every block, then on
+the root) and at the root only, under the default config (``acts_on="update"``, fuzzy
+learning rates) with plain SGD, SGD with momentum and Adam. After 3 steps their parameters
+equal one process's on the full batches (to 2e-5: Adam divides rounding-sized gradient
+differences by small ``√v``) and differ from a plain model's (the mechanisms acted); each
+rank holds only its rows of every layer's per-weight state from the first step on (from
+``to_empty`` on, for a model built on the meta device and loaded from a checkpoint).
 """
 
+import copy
 import datetime
+import functools
 import os
 
 import pytest
@@ -25,12 +36,14 @@ import torch.nn as nn
 import biofx
 import biofx.kernels
 from _spawn import free_port, run_workers
+from biofx import sharding
+from biofx.bio_layer import BioLayer
 from biofx.config import BioConfig, ConfigMap, Distribution
 from biofx.state import PER_WEIGHT_BUFFERS
 import _explicit as explicit
 
 pytestmark = [
-    pytest.mark.slow,  # two spawned processes: about 10-20 s
+    pytest.mark.slow,  # two spawned processes: about 30 s
     pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available"),
 ]
 
@@ -169,8 +182,137 @@ def _worker(rank, port, out_dir, fused):
             torch.save((trajectory, local_rows, _resumed(mode, mesh, bio, trajectory[-1][0])),
                        os.path.join(out_dir, f"{mode}-rank{rank}.pt"))
         torch.save(_errors(mesh), os.path.join(out_dir, f"errors-rank{rank}.pt"))
+        for case in MODEL_CASES:
+            if parse(case)[0] == "llama" and transformers is None:
+                continue
+            torch.save(_model_case(case, mesh, rank), os.path.join(out_dir, f"{case}-rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+# -- real models sharded as training recipes do (issue 22) -----------------------------------
+MODEL_STEPS = 3
+PER_RANK = 2  # samples per rank and step
+MODEL_TOLERANCE = 2e-5
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.1),
+    "momentum": lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
+    "adam": lambda params: torch.optim.Adam(params, lr=1e-2),
+}
+try:
+    import transformers
+except ImportError:  # pragma: no cover - the Llama cases skip
+    transformers = None
+
+
+def _cases(model):
+    return [f"{model}-{how}-{optimizer}" for how in ("per-block", "root") for optimizer in OPTIMIZERS]
+
+
+# "<model>-<sharding>-<optimizer>"; "blocks-meta-momentum": the blocks model built on the meta
+# device, sharded per block, materialized with to_empty and loaded from a whole checkpoint
+MODEL_CASES = [*_cases("blocks"), "blocks-meta-momentum", *_cases("llama")]
+
+
+def parse(case):
+    """``"blocks-per-block-adam"`` → ``("blocks", "per-block", "adam")``."""
+    kind, rest = case.split("-", 1)
+    return (kind, *rest.rsplit("-", 1))
+
+
+def plain_model(kind):
+    """The same initial weights on every call (and in every process)."""
+    torch.manual_seed(0)
+    if kind == "blocks":  # two blocks 8 → 5 → 8 (5 rows: uneven shards 3 + 2) and a head 8 → 3
+        return nn.Sequential(*(nn.Sequential(nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 8)) for _ in range(2)),
+                             nn.Linear(8, 3))
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    return transformers.LlamaForCausalLM(config)
+
+
+def bio_model(kind):
+    """A transformed copy of :func:`plain_model` (the default config)."""
+    return biofx.transform(copy.deepcopy(plain_model(kind)), seed=0)
+
+
+def blocks_of(kind, model):
+    return list(model)[:-1] if kind == "blocks" else list(model.model.layers)
+
+
+def model_batches(kind):
+    generator = torch.Generator().manual_seed(7)
+    if kind == "blocks":
+        n = WORLD * PER_RANK
+        return [(torch.randn(n, 8, generator=generator), torch.randn(n, 3, generator=generator)) for _ in range(MODEL_STEPS)]
+    return [torch.randint(0, 64, (WORLD * PER_RANK, 8), generator=generator) for _ in range(MODEL_STEPS)]
+
+
+def model_loss(kind, model, batch, rank):
+    if kind == "blocks":
+        x, y = (t if rank is None else t.chunk(WORLD)[rank] for t in batch)
+        return nn.functional.mse_loss(model(x), y)
+    ids = batch if rank is None else batch.chunk(WORLD)[rank]
+    return model(input_ids=ids, labels=ids).loss  # equal token counts per rank: the mean of the ranks' means
+
+
+def bio_layers(model):
+    return {name: module for name, module in model.named_modules() if isinstance(module, BioLayer)}
+
+
+def state_shards(model):
+    """Per bio layer: (its per-weight state is a DTensor, that state's shape on this rank, the weight's)."""
+    return {name: (sharding.is_sharded(layer.bio_state.fuzzy_lr), tuple(sharding.local(layer.bio_state.fuzzy_lr).shape),
+                   tuple(sharding.local(layer.weight).shape))
+            for name, layer in bio_layers(model).items()}
+
+
+def train_model(kind, model, optimizer, rank=None, after_first_step=None):
+    """MODEL_STEPS steps (on this rank's part of every batch when ``rank`` is given); returns the
+    state dict, gathered."""
+    optimizer = OPTIMIZERS[optimizer](model.parameters())
+    for step, batch in enumerate(model_batches(kind)):
+        optimizer.zero_grad()
+        model_loss(kind, model, batch, rank).backward()
+        optimizer.step()
+        if step == 0 and after_first_step is not None:
+            after_first_step()
+    return gathered(model)
+
+
+def _model_case(case, mesh, rank):
+    """Shard and train one of MODEL_CASES; returns (the gathered state dict, the layers' state
+    shards once sharded, and after the first step)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    kind, how, optimizer = parse(case)
+    if how == "meta":
+        with torch.device("meta"):
+            plain = plain_model(kind)
+        bio = biofx.transform(plain, seed=0)
+    else:
+        bio = bio_model(kind)
+    if how != "root":
+        for block in blocks_of(kind, bio):
+            fully_shard(block, mesh=mesh)
+    fully_shard(bio, mesh=mesh)
+    if how == "meta":
+        bio.to_empty(device="cpu")
+        set_model_state_dict(bio, bio_model(kind).state_dict(), options=StateDictOptions(full_state_dict=True))
+    shards = {"sharded": state_shards(bio)}
+    final = train_model(kind, bio, optimizer, rank, lambda: shards.update(first_step=state_shards(bio)))
+    return final, shards
+
+
+@functools.cache
+def one_process(kind, optimizer, bio=True):
+    """The parameters (and bio state) after MODEL_STEPS steps of one process on the full batches."""
+    return train_model(kind, bio_model(kind) if bio else plain_model(kind), optimizer)
+
+
+def max_gap(a, b, keys):
+    return max((a[k] - b[k]).abs().max().item() for k in keys)
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +362,39 @@ def test_whole_layer_operations_raise_under_fsdp(spawned):
         assert "FSDP" in message and "fully_shard" in message
     assert "before fully_shard" in errors["reset_bio_state"]
     assert "rejuvenation_rule='paper'" in errors["lognormal"]
+
+
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_sharded_model_equals_one_process_and_not_a_plain_one(spawned, case):
+    """After MODEL_STEPS steps the gathered parameters and bio state equal one process's on the
+    full batches, on both ranks alike, and the parameters differ from a plain model's."""
+    if case.startswith("llama") and transformers is None:
+        pytest.skip("transformers is not installed")
+    (rank0, _), (rank1, _) = _load(spawned, case)
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    kind, _, optimizer = parse(case)
+    one, plain = one_process(kind, optimizer), one_process(kind, optimizer, bio=False)
+    assert rank0.keys() == one.keys()
+    assert max_gap(rank0, one, one) <= MODEL_TOLERANCE  # parameters and bio state
+    assert max_gap(rank0, plain, plain) > 10 * MODEL_TOLERANCE  # the mechanisms acted
+    assert max_gap(one, plain, plain) > 10 * MODEL_TOLERANCE
+
+
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_each_rank_holds_its_rows_of_the_per_weight_state(spawned, case):
+    """From the first step on (from ``to_empty`` on for a model built on the meta device), every
+    layer's ``fuzzy_lr`` is a DTensor whose local shard has this rank's rows of the weight."""
+    if case.startswith("llama") and transformers is None:
+        pytest.skip("transformers is not installed")
+    (_, shards0), (_, shards1) = _load(spawned, case)
+    whens = ["sharded", "first_step"] if "meta" in case else ["first_step"]
+    full = {name: layer.weight.shape for name, layer in bio_layers(bio_model(parse(case)[0])).items()}
+    for when in whens:
+        assert shards0[when].keys() == shards1[when].keys() == full.keys()
+        for name, shape in full.items():
+            (sharded0, rows0, weight0), (sharded1, rows1, weight1) = shards0[when][name], shards1[when][name]
+            assert sharded0 and sharded1, (when, name)
+            assert (rows0, rows1) == (weight0, weight1), (when, name)
+            assert rows0[0] + rows1[0] == shape[0] and rows0[1:] == tuple(shape[1:]), (when, name)
+    if case.startswith("blocks"):
+        assert shards0["first_step"]["0.0"][1] == (3, 8) and shards1["first_step"]["0.0"][1] == (2, 8)
