@@ -1,11 +1,17 @@
-"""Models that do not trace whole: the tracing fallback (biofx.fallback), BERT and GPT-2.
+"""Real models: untraceable ones, Hugging Face transformers and the tools of their ecosystem.
 
-The toy models below have data-dependent control flow at the root, so ``torch.fx`` cannot
-trace them; the Hugging Face models fail on their ``*args/**kwargs`` decorators. biofx then
-converts the largest submodules that trace and keeps the rest eager.
+``torch.fx`` cannot trace the toy models below (data-dependent control flow) nor Hugging Face
+models (their ``*args/**kwargs`` decorators); without ``example_inputs`` the transform plans
+from the module tree (``bio_report.capture`` says so) and converts every Linear/Conv in place.
+The bio model keeps running the model's own Python, so the ecosystem works on it: ``generate``,
+``gradient_checkpointing_enable``, ``resize_token_embeddings``, ``save_pretrained`` /
+``from_pretrained``, the ``Trainer`` and PEFT's LoRA (issue 22). Each check compares the bio
+model with the plain model (a copy transformed, or the same run without biofx).
 """
 
 import copy
+import json
+import warnings
 
 import pytest
 import torch
@@ -14,14 +20,11 @@ import torch.nn.functional as F
 
 import biofx
 from biofx import BioConfig, ConfigMap
-from biofx.fallback import BioRoot, FallbackReport
 
-NEUTRAL = dict(fuzzy_lr_distribution="baseline")
+NEUTRAL = dict(fuzzy_lr_distribution="baseline", seed=0)
 
 
 class Body(nn.Module):
-    """Traceable: becomes one part."""
-
     def __init__(self, width=8):
         super().__init__()
         self.fc1 = nn.Linear(6, width)
@@ -32,7 +35,7 @@ class Body(nn.Module):
 
 
 class Gate(nn.Module):
-    """Not traceable (data-dependent branch); its layers are converted one by one."""
+    """Not traceable (data-dependent branch)."""
 
     def __init__(self, width=8):
         super().__init__()
@@ -76,60 +79,57 @@ class Chain(Branchy):
         return x
 
 
-def test_untraceable_root_converts_its_parts():
-    model = Branchy()
-    x = torch.randn(5, 6)
-    expected = model(x)
-    bio = biofx.transform(model, **NEUTRAL)
+LAYERS = ["body.fc1", "body.fc2", "gate.a", "gate.b", "head"]
+
+
+def pair(model, **config):
+    """``(plain, bio)``: the model and a transformed copy with the same weights."""
+    return model, biofx.transform(copy.deepcopy(model), **{**NEUTRAL, **config})
+
+
+def test_untraceable_model_is_planned_from_the_module_tree_and_keeps_it():
+    model, bio = pair(Branchy())
     report = bio.bio_report
-    assert isinstance(bio, BioRoot) and isinstance(bio, Branchy) and type(bio).__name__ == "BioBranchy"
-    assert isinstance(report, FallbackReport)
-    assert report.parts == ("body", "gate.a", "gate.b", "head")
-    assert [path for path, _ in report.eager] == ["", "gate"]
-    assert "(Branchy)" in report.eager[0][1] and "isfinite(x).all()" in report.eager[0][1]  # failed inside gate
-    assert "(Gate)" in report.eager[1][1] and "isfinite(x).all()" in report.eager[1][1]
-    assert [layer.name for layer in report.converted] == ["body.fc1", "body.fc2", "gate.a", "gate.b", "head"]
-    assert report.plain == ()
-    assert [layer.layer_name for layer in bio.bio_layers()] == [layer.name for layer in report.converted]
-    assert isinstance(bio.body, biofx.BioGraphModule) and isinstance(bio.gate.a, biofx.BioGraphModule)
-    assert torch.equal(bio(x), expected)
-    assert "traced in 4 part(s)" in str(report)
+    assert report.capture.startswith("module tree") and "isfinite(x).all()" in report.capture
+    assert [layer.name for layer in report.converted] == LAYERS and report.plain == ()
+    assert [layer.layer_name for layer in bio.bio_layers()] == LAYERS
+    assert type(bio).__name__ == "Branchy" and isinstance(bio, Branchy) and isinstance(bio, biofx.BioMethods)
+    assert type(bio.gate) is Gate and type(bio.norm) is nn.LayerNorm
+    assert type(bio.gate.a).__name__ == "BioLinear" and isinstance(bio.gate.a, nn.Linear)
+    x = torch.randn(5, 6)
+    assert torch.equal(bio(x), model(x))  # neutral: bit-identical
 
 
-def test_original_model_stays_plain_and_shares_parameters():
-    model = Branchy()
-    children = dict(model.named_modules())
-    bio = biofx.transform(model)
-    assert type(model) is Branchy and dict(model.named_modules()).keys() == children.keys()
-    assert all(model.get_submodule(n) is m for n, m in children.items())
-    assert bio.gate is not model.gate  # containers above converted parts are copies
-    assert bio.norm is model.norm  # everything else is shared
-    bio_params = dict(bio.named_parameters())
-    assert all(bio_params[n] is p for n, p in model.named_parameters())
-    with pytest.raises(ValueError, match="already transformed"):
-        biofx.transform(bio)
+def test_untraceable_model_gradients_carry_the_fuzzy_multipliers():
+    model, bio = pair(Branchy(), fuzzy_lr_distribution="uniform", acts_on="gradient")
+    x = torch.randn(5, 6)
+    model(x).square().sum().backward()
+    bio(x).square().sum().backward()
+    for layer in bio.bio_layers():
+        plain = model.get_submodule(layer.layer_name).weight.grad
+        torch.testing.assert_close(layer.weight.grad, plain * layer.fuzzy_lr)
+        assert not torch.equal(layer.fuzzy_lr, torch.ones_like(layer.fuzzy_lr))
 
 
-def test_parts_match_a_whole_model_trace():
+def test_module_tree_plan_matches_a_whole_model_trace():
     """Same seed, same layer order: the same bio state and the same gradients."""
     x = torch.randn(5, 6)
-    cfg = dict(seed=3, apply_dales_principle=True, automatic=("fuzzy", "volume"),
+    cfg = dict(seed=3, apply_dales_principle=True, automatic=("fuzzy", "volume"), acts_on="gradient",
                fuzzy_lr_distribution="layer_adaptive")
     traced = biofx.transform(Traceable(), **cfg)
-    parts = biofx.transform(Chain(), **cfg)
-    # the stored parameters, DANN's interneurons included (plain_state_dict holds the weights the forward uses)
-    parts.load_state_dict({k: v for k, v in traced.state_dict().items() if "biofx_state." not in k})
-    assert isinstance(traced, biofx.BioGraphModule) and isinstance(parts, BioRoot)
-    for a, b in zip(traced.bio_layers(), parts.bio_layers(), strict=True):
+    tree = biofx.transform(Chain(), **cfg)
+    assert traced.bio_report.capture == "fx" and tree.bio_report.capture.startswith("module tree")
+    # the stored parameters, DANN's interneurons included
+    tree.load_state_dict({k: v for k, v in traced.state_dict().items() if "biofx_state." not in k})
+    for a, b in zip(traced.bio_layers(), tree.bio_layers(), strict=True):
         assert a.layer_name == b.layer_name and a.index == b.index
         for name in ("fuzzy_lr", "rng_key", "dale_sign"):
             assert torch.equal(getattr(a, name), getattr(b, name)), (a.layer_name, name)
-    assert torch.equal(traced(x), parts(x))
+    assert torch.equal(traced(x), tree(x))
     traced(x).square().sum().backward()
     grads = {n: p.grad.clone() for n, p in traced.named_parameters()}
-    parts.zero_grad()
-    parts(x).square().sum().backward()
-    for name, p in parts.named_parameters():
+    tree(x).square().sum().backward()
+    for name, p in tree.named_parameters():
         assert torch.equal(p.grad, grads[name]), name
 
 
@@ -145,7 +145,7 @@ def test_layer_indices_and_keys_are_global():
     assert not torch.equal(layers[2].fuzzy_lr, layers[3].fuzzy_lr)  # gate.a and gate.b: same shape, own draws
 
 
-def test_weight_splitting_skips_the_whole_models_last_layer():
+def test_weight_splitting_skips_the_models_last_layer():
     bio = biofx.transform(Branchy(), weight_splitting_Gamma=2)
     split = {layer.name: any("weight_split" in m for m in layer.mechanisms) for layer in bio.bio_report.converted}
     assert split == {"body.fc1": True, "body.fc2": True, "gate.a": True, "gate.b": True, "head": False}
@@ -169,22 +169,15 @@ def test_config_map_uses_full_paths():
         biofx.transform(Branchy(), ConfigMap({"gate.bb": None}))
 
 
-def test_leaf_modules_are_kept_eager_and_reported():
-    bio = biofx.transform(Branchy(), leaf_modules=[Gate])
-    assert bio.bio_report.parts == ("body", "head")
+def test_layers_inside_leaf_modules_stay_plain_with_the_reason():
+    model, bio = pair(Branchy(), leaf_modules=[Gate])
     plain = dict(bio.bio_report.plain)
-    assert plain["gate.a"].startswith("inside leaf module 'gate' (Gate)") and "gate.b" in plain
+    assert plain.keys() == {"gate.a", "gate.b"} and plain["gate.a"].startswith("inside leaf module 'gate' (Gate)")
+    assert [layer.name for layer in bio.bio_report.converted] == ["body.fc1", "body.fc2", "head"]
+    assert type(bio.gate.a) is nn.Linear
+    x = torch.randn(5, 6)
+    assert torch.equal(bio(x), model(x))
 
-
-def test_shared_module_is_converted_at_every_place():
-    model = Branchy()
-    model.alias = model.head  # the same layer registered twice
-    bio = biofx.transform(model)
-    assert bio.alias is bio.head and isinstance(bio.head, biofx.BioGraphModule)
-    assert len(bio.bio_layers()) == 5
-
-
-def test_nothing_traces_raises_with_path_operation_and_fix():
     class Inner(nn.Module):
         def __init__(self):
             super().__init__()
@@ -203,15 +196,19 @@ def test_nothing_traces_raises_with_path_operation_and_fix():
                 return self.inner(x)
             return x
 
-    with pytest.raises(biofx.TraceError) as info:
+    with pytest.warns(UserWarning, match=r"converted 0 layers of Root: inner\.fc: inside leaf module 'inner'"):
         biofx.transform(Root(), leaf_modules=[Inner])
-    message = str(info.value)
-    assert "'<root>' (Root)" in message and "x.sum() > 0" in message
-    assert "leaf_modules" in message and "concrete_args" in message
-    assert "all are inside leaf modules" in message
 
 
-def test_fallback_model_trains_with_explicit_methods():
+def test_shared_module_is_converted_once_and_stays_shared():
+    model = Branchy()
+    model.alias = model.head  # the same layer registered twice
+    bio = biofx.transform(model)
+    assert bio.alias is bio.head and isinstance(bio.head, biofx.BioLayer)
+    assert len(bio.bio_layers()) == 5
+
+
+def test_untraceable_model_trains_with_explicit_methods():
     bio = biofx.transform(Branchy(), automatic=(), apply_dales_principle=True)
     x, y = torch.randn(16, 6), torch.randn(16, 4)
     with pytest.raises(RuntimeError, match="No gradients found"):
@@ -226,8 +223,8 @@ def test_fallback_model_trains_with_explicit_methods():
 
 
 # -- Hugging Face transformers ------------------------------------------------------------
-# capture="parts": these test the fallback on Hugging Face models; tests/test_capture.py
-# tests their whole-graph capture with torch.export.
+# Without example_inputs these are planned from the module tree; tests/test_capture.py tests
+# their whole-graph capture with torch.export.
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 from transformers.pytorch_utils import Conv1D  # noqa: E402
@@ -245,77 +242,90 @@ def tiny_bert(intermediate=37, classes=None):
 def tiny_gpt2(tie=True):
     config = transformers.GPT2Config(
         n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0,
-        tie_word_embeddings=tie,
+        pad_token_id=0, tie_word_embeddings=tie,
     )
     return transformers.GPT2LMHeadModel(config)
+
+
+def tiny_llama():
+    config = transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=64, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=0,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+#: the tiny models of the ecosystem tests: how to make one, the Linear/Conv1D count
+HF = {"bert": lambda: tiny_bert(intermediate=64, classes=2), "gpt2": tiny_gpt2, "llama": tiny_llama}
+HF_LAYERS = {"bert": 14, "gpt2": 9, "llama": 15}
+
+
+def ids(batch=2, length=7, vocab=100, seed=0):
+    return torch.randint(2, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def batch(name, **kwargs):
+    """A training batch for ``HF[name]``: token ids and labels (the classes for BERT)."""
+    x = ids(**kwargs)
+    return dict(input_ids=x, labels=torch.arange(len(x)) % 2 if name == "bert" else x)
 
 
 def bio_weights(bio):
     return {id(layer.weight) for layer in bio.bio_layers()}
 
 
-def test_bert_converts_every_linear_in_parts():
+def test_bert_converts_every_linear_from_the_module_tree():
     model = tiny_bert()
-    bio = biofx.transform(model, capture="parts")
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    assert len(linears) == 13
+    bio = biofx.transform(model)
+    assert len(linears) == 13 and bio.bio_report.capture.startswith("module tree")
     assert [layer.name for layer in bio.bio_report.converted] == linears and bio.bio_report.plain == ()
-    assert bio_weights(bio) == {id(model.get_submodule(n).weight) for n in linears}
-    # attention.self (q, k, v) does not trace: each projection is its own part
-    assert "encoder.layer.0.attention.self.query" in bio.bio_report.parts
-    assert "encoder.layer.0.intermediate" in bio.bio_report.parts
-    assert ("pooler" in bio.bio_report.parts) and "encoder" in dict(bio.bio_report.eager)
+    assert bio_weights(bio) == {id(bio.get_submodule(n).weight) for n in linears}
+    assert type(bio.encoder.layer[0].attention.self.query).__name__ == "BioLinear"
+    assert type(bio.encoder.layer[0]) is transformers.models.bert.modeling_bert.BertLayer
 
 
 def test_gpt2_converts_every_conv1d_and_linear():
     model = tiny_gpt2()
-    bio = biofx.transform(model, capture="parts")
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
+    bio = biofx.transform(model)
     assert len(layers) == 9
     assert sorted(layer.name for layer in bio.bio_report.converted) == sorted(layers)
     kinds = {layer.name: layer.kind for layer in bio.bio_report.converted}
     assert kinds["transformer.h.0.attn.c_attn"] == "HFConv1D" and kinds["lm_head"] == "Linear"
-    assert bio_weights(bio) == {id(model.get_submodule(n).weight) for n in layers}
-    assert "transformer.h.0.mlp" in bio.bio_report.parts  # GPT2MLP traces whole
+    c_attn = bio.transformer.h[0].attn.c_attn
+    assert type(c_attn).__name__ == "BioConv1D" and isinstance(c_attn, Conv1D) and c_attn.nf == 96
+    assert bio_weights(bio) == {id(bio.get_submodule(n).weight) for n in layers}
+    assert bio.lm_head.weight is bio.transformer.wte.weight  # tied
 
 
-@pytest.mark.parametrize("make", [tiny_bert, tiny_gpt2], ids=["bert", "gpt2"])
+@pytest.mark.parametrize("make", [tiny_bert, tiny_gpt2, tiny_llama], ids=["bert", "gpt2", "llama"])
 def test_neutral_transform_keeps_outputs_bit_identical(make):
-    model = make().eval()
-    ids = torch.randint(0, 100, (2, 9))
-    mask = torch.ones_like(ids)
+    model, bio = pair(make().eval())
+    x = ids(length=9)
+    mask = torch.ones_like(x)
     mask[1, -3:] = 0
-    expected = model(input_ids=ids, attention_mask=mask)[0]
-    bio = biofx.transform(model, **NEUTRAL, capture="parts").eval()
-    assert torch.equal(bio(input_ids=ids, attention_mask=mask)[0], expected)
+    assert torch.equal(bio(input_ids=x, attention_mask=mask)[0], model(input_ids=x, attention_mask=mask)[0])
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize(
-    "make", [tiny_bert, tiny_gpt2],
-    ids=["bert", "gpt2"],
-)
+@pytest.mark.parametrize("make", [tiny_bert, tiny_gpt2, tiny_llama], ids=["bert", "gpt2", "llama"])
 def test_neutral_transform_keeps_outputs_bit_identical_on_cuda(make):
-    model = make().cuda().eval()
-    ids = torch.randint(0, 100, (2, 9), device="cuda")
-    expected = model(input_ids=ids)[0]
-    bio = biofx.transform(model, **NEUTRAL, capture="parts").eval()
-    assert torch.equal(bio(input_ids=ids)[0], expected)
+    model, bio = pair(make().cuda().eval())
+    x = ids(length=9).cuda()
+    assert torch.equal(bio(input_ids=x)[0], model(input_ids=x)[0])
 
 
 @pytest.mark.parametrize("make", [lambda: tiny_bert(), lambda: tiny_gpt2(tie=False)], ids=["bert", "gpt2"])
 def test_gradients_carry_fuzzy_multipliers(make):
-    """Automatic fuzzy rates: every bio weight's gradient is the plain gradient times f."""
-    model = make().eval()
-    ids = torch.randint(0, 100, (2, 9))
-    model(input_ids=ids)[0].square().mean().backward()
-    plain = {id(p): p.grad for p in model.parameters()}
-    model.zero_grad(set_to_none=True)
-    bio = biofx.transform(model, seed=0, acts_on="gradient", capture="parts").eval()  # shares the parameters
-    bio(input_ids=ids)[0].square().mean().backward()
+    """Automatic fuzzy rates on the gradient: every bio weight's gradient is the plain one times f."""
+    model, bio = pair(make().eval(), fuzzy_lr_distribution="uniform", acts_on="gradient")
+    x = ids(length=9)
+    model(input_ids=x)[0].square().mean().backward()
+    bio(input_ids=x)[0].square().mean().backward()
     for layer in bio.bio_layers():
-        expected = plain[id(layer.weight)]
+        expected = model.get_submodule(layer.layer_name).weight.grad
         if expected is None:  # BertModel's pooler does not feed last_hidden_state
             assert layer.weight.grad is None
             continue
@@ -325,7 +335,7 @@ def test_gradients_carry_fuzzy_multipliers(make):
 
 def test_dale_on_hf_conv1d_constrains_input_rows():
     """Conv1D stores [in, out]: all outgoing weights of input unit j (row j) share one sign."""
-    bio = biofx.transform(tiny_gpt2(), apply_dales_principle=True, capture="parts")
+    bio = biofx.transform(tiny_gpt2(), apply_dales_principle=True, dale_mode="column")
     bio.enforce_dales_principle()
     for layer in bio.bio_layers():
         w = layer.weight.detach()
@@ -335,7 +345,7 @@ def test_dale_on_hf_conv1d_constrains_input_rows():
 
 def test_weight_splitting_error_names_the_full_path():
     with pytest.raises(ValueError, match=r"\(37\) of layer .encoder\.layer\.0\.intermediate\.dense."):
-        biofx.transform(tiny_bert(intermediate=37), weight_splitting_Gamma=2, capture="parts")
+        biofx.transform(tiny_bert(intermediate=37), weight_splitting_Gamma=2)
 
 
 FULL = dict(automatic=("fuzzy", "volume", "crystallize", "scaling"), apply_dales_principle=True,
@@ -350,11 +360,11 @@ def test_counter_storage_trains_gpt2_as_the_buffer_does(optimizer, acts_on):
     config = dict(automatic=("fuzzy", "volume", "crystallize"), acts_on=acts_on, crystal_thresh=1e-2, seed=0)
     torch.manual_seed(0)
     base = tiny_gpt2()
-    counter = biofx.transform(copy.deepcopy(base), fuzzy_lr_storage="counter", capture="parts", **config)
-    stored = biofx.transform(copy.deepcopy(base), capture="parts", **config)
+    counter = biofx.transform(copy.deepcopy(base), fuzzy_lr_storage="counter", **config)
+    stored = biofx.transform(copy.deepcopy(base), **config)
     for c, b in zip(counter.bio_layers(), stored.bio_layers()):
         b.fuzzy_lr.copy_(c.fuzzy_multipliers())
-    ids = torch.randint(0, 100, (4, 12), generator=torch.Generator().manual_seed(1))
+    x = ids(4, 12, seed=1)
     for bio in (counter, stored):
         bio.train()
         make = {"adam": lambda p: torch.optim.Adam(p, lr=3e-3), "sgd": lambda p: torch.optim.SGD(p, lr=0.1)}
@@ -362,43 +372,33 @@ def test_counter_storage_trains_gpt2_as_the_buffer_does(optimizer, acts_on):
         for step in range(4):
             opt.zero_grad()
             torch.manual_seed(step)  # the same dropout masks in both
-            bio(input_ids=ids, labels=ids).loss.backward()
+            bio(input_ids=x, labels=x).loss.backward()
             opt.step()
     assert sum(int((layer.fuzzy_dampenings > 0).sum()) for layer in counter.bio_layers()) > 0
     for c, b in zip(counter.bio_layers(), stored.bio_layers()):
         torch.testing.assert_close(c.weight, b.weight, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(c.fuzzy_multipliers(), b.fuzzy_lr, rtol=1e-5, atol=1e-7)
     counter.eval(), stored.eval()
-    torch.testing.assert_close(counter(input_ids=ids).logits, stored(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(counter(input_ids=x).logits, stored(input_ids=x).logits, rtol=1e-5, atol=1e-5)
     assert counter.bio_state_bytes() < stored.bio_state_bytes() / 3
 
 
 @pytest.mark.parametrize("name", ["bert", "gpt2"])
 def test_training_steps_lower_the_loss(name):
     torch.manual_seed(0)
-    ids = torch.randint(0, 100, (4, 12))
+    bio = biofx.transform(HF[name](), **FULL).train()
+    data = batch(name, batch=4, length=12)
     if name == "bert":
-        bio = biofx.transform(tiny_bert(intermediate=64, classes=3), **FULL, capture="parts")
-        labels = torch.tensor([0, 1, 2, 1])
-
-        def loss():
-            return bio(input_ids=ids, labels=labels).loss
-    else:
-        bio = biofx.transform(tiny_gpt2(), **FULL, capture="parts")
-
-        def loss():
-            return bio(input_ids=ids, labels=ids).loss
-
-    bio.train()
+        data["labels"] = torch.tensor([0, 1, 0, 1])
     optimizer = torch.optim.Adam(bio.parameters(), lr=3e-3)
     before = [layer.fuzzy_lr.clone() for layer in bio.bio_layers()]
     losses = []
     for _ in range(6):
         optimizer.zero_grad()
-        value = loss()
-        value.backward()
+        loss = bio(**data).loss
+        loss.backward()
         optimizer.step()
-        losses.append(value.item())
+        losses.append(loss.item())
     assert losses[-1] < losses[0] and all(map(torch.isfinite, map(torch.tensor, losses)))
     assert all(int(layer.step) == 6 for layer in bio.bio_layers())
     assert any(not torch.equal(b, layer.fuzzy_lr) for b, layer in zip(before, bio.bio_layers()))  # crystallized
@@ -406,17 +406,296 @@ def test_training_steps_lower_the_loss(name):
 
 
 def test_hf_model_deepcopy_and_pickle_keep_working(tmp_path):
-    model = tiny_gpt2()
-    bio = biofx.transform(model, seed=0, capture="parts").eval()
-    ids = torch.randint(0, 100, (2, 5))
+    bio = biofx.transform(tiny_gpt2(), seed=0).eval()
+    x = ids(length=5)
     clone = copy.deepcopy(bio)
-    path = tmp_path / "gpt2.pt"
-    torch.save(bio, path)
-    loaded = torch.load(path, weights_only=False)
+    torch.save(bio, tmp_path / "gpt2.pt")
+    loaded = torch.load(tmp_path / "gpt2.pt", weights_only=False)
     for other in (clone, loaded):
         assert type(other) is type(bio) and len(other.bio_layers()) == 9
-        assert torch.equal(other(input_ids=ids).logits, bio(input_ids=ids).logits)
+        assert type(other.lm_head) is type(bio.lm_head) and other.lm_head.bio_state.layer is other.lm_head
+        assert torch.equal(other(input_ids=x).logits, bio(input_ids=x).logits)
         assert other.lm_head.weight is other.transformer.wte.weight  # tied weights stay tied
+
+
+# -- the Hugging Face ecosystem on a bio model (issue 22) ----------------------------------
+
+
+def sgd_step(model, data, lr=0.1):
+    """One SGD step on ``model`` (dropout masks from seed 1); returns the gradients by name, as
+    backward left them (a bio step on ``torch.optim.SGD`` scales ``.grad`` by f in place)."""
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    torch.manual_seed(1)
+    model(**data).loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters(remove_duplicate=False) if p.grad is not None}
+    optimizer.step()
+    return grads
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_generate_equals_the_plain_models_greedy_output(name):
+    """The default config acts at the optimizer step, so the forward, KV cache included, is the
+    model's own: greedy generation gives the same tokens."""
+    model, bio = pair(HF[name]().eval(), fuzzy_lr_distribution="uniform")
+    prompt = ids(length=4)
+    expected = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    assert expected.shape == (2, 10)
+    assert torch.equal(bio.generate(prompt, max_new_tokens=6, do_sample=False), expected)
+
+
+#: a bio layer inside a checkpointed block, by model
+CHECKPOINTED = {
+    "bert": "bert.encoder.layer.0.attention.self.query",
+    "gpt2": "transformer.h.0.attn.c_attn",
+    "llama": "model.layers.0.self_attn.q_proj",
+}
+
+
+@pytest.mark.filterwarnings("ignore:`(is_)?gradient_checkpointing(_enable)?` is deprecated:FutureWarning")  # HF 5.x
+@pytest.mark.parametrize("name", list(HF))
+def test_gradient_checkpointing_recomputes_bio_layers_with_the_same_gradients(name):
+    """HF's gradient checkpointing reruns each block's forward in backward: a bio layer inside
+    one runs twice per step, its activity statistics count once, and the gradients and the
+    bio update equal those of the run without checkpointing."""
+    torch.manual_seed(0)
+    model = HF[name]()
+    data = batch(name)
+    runs = []
+    for checkpointing in (False, True):
+        bio = biofx.transform(copy.deepcopy(model), seed=0, synaptic_scaling_gamma=0.01).train()
+        if checkpointing:
+            bio.gradient_checkpointing_enable()
+        calls = []
+        bio.get_submodule(CHECKPOINTED[name]).register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+        before = {n: p.detach().clone() for n, p in bio.named_parameters()}
+        grads = sgd_step(bio, data)
+        activity = [int(layer.activity_n) for layer in bio.bio_layers()]
+        runs.append((bio, calls, before, grads, activity))
+    (plain_run, calls, _, plain_grads, activity), (checkpointed, recomputed, before, grads, recounted) = runs
+    assert checkpointed.is_gradient_checkpointing and not plain_run.is_gradient_checkpointing
+    assert len(calls) == 1 and len(recomputed) == 2  # the forward, then its recomputation in backward
+    assert recounted == activity  # activity counted once: the recomputation is not counted again
+    path = CHECKPOINTED[name]
+    assert int(checkpointed.get_submodule(path).bio_state.activity_n) == data["input_ids"].numel()
+    assert grads.keys() == plain_grads.keys()
+    for key, grad in grads.items():  # plain HF GPT-2 too differs in the last bits with checkpointing
+        torch.testing.assert_close(grad, plain_grads[key], msg=key)
+    for (key, p), q in zip(checkpointed.named_parameters(), plain_run.parameters()):
+        torch.testing.assert_close(p, q, msg=key)
+    layer = checkpointed.get_submodule(path)
+    update = layer.weight.detach() - before[f"{path}.weight"]
+    torch.testing.assert_close(update, -0.1 * grads[f"{path}.weight"] * layer.bio_state.fuzzy_lr)  # Δw = −lr·g·f
+    assert all(layer.steps.value == 1 for layer in checkpointed.bio_layers())
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_resize_token_embeddings_keeps_the_head_bio(name):
+    """GPT-2's head is tied: its bio layer stays and its state follows the resized weight (old
+    rows keep their f). Llama's head is untied: HF puts a new plain Linear in its place, which
+    the wrapped ``resize_token_embeddings`` converts again with the head's plan. Either way the
+    next step applies f to the head's update."""
+    torch.manual_seed(0)
+    bio = biofx.transform(HF[name](), seed=0, fuzzy_learning_rate_factor_nu=0.5)
+    head, index, f_before = bio.lm_head, bio.lm_head.bio_plan.index, bio.lm_head.bio_state.fuzzy_lr.clone()
+    embeddings = bio.resize_token_embeddings(120)
+    assert embeddings is bio.get_input_embeddings() and embeddings.weight.shape == (120, 32)
+    assert isinstance(bio.lm_head, biofx.BioLayer) and bio.lm_head.weight.shape == (120, 32)
+    assert bio.bio_report.plain == () and len(bio.bio_report.converted) == HF_LAYERS[name]
+    tied = name == "gpt2"
+    assert (bio.lm_head is head) == tied and (bio.lm_head.weight is embeddings.weight) == tied
+    assert bio.lm_head.bio_plan.index == index
+    bio.train()
+    data = batch(name, vocab=120)
+    weight = bio.lm_head.weight
+    before = weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no layer trains plain: nothing to say at the step
+        grad = sgd_step(bio, data)["lm_head.weight"]
+    state = bio.lm_head.bio_state
+    f = state.fuzzy_lr
+    assert f.shape == (120, 32) and int(state.step) == 1
+    if tied:
+        assert torch.equal(f[:100], f_before)  # the state followed the weight
+    assert ((f - 1).abs() <= 0.5 + 1e-6).all() and (f[100:] != 1).all()  # the new rows drawn too
+    torch.testing.assert_close(weight.detach() - before, -0.1 * grad * f)  # Δw = −lr·g·f
+    assert not torch.allclose(weight.detach() - before, -0.1 * grad)
+
+
+SAVED = dict(seed=0, automatic=("fuzzy", "crystallize"), crystal_thresh=0.05, apply_dales_principle=True)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_save_pretrained_writes_the_bio_state_and_transform_plus_load_restores_it(name, tmp_path):
+    """``save_pretrained`` writes ``state_dict()``, bio state included, in model.safetensors under
+    the model's own class; ``from_pretrained`` gives the plain model (the bio keys are reported
+    unexpected and ignored); ``biofx.transform`` with the same config, then ``load_state_dict``
+    of the file, restores the bio model: weights (Dale's init redone by the transform is
+    overwritten), multipliers, counters, and training goes on as it would have."""
+    safetensors = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(0)
+    bio = biofx.transform(HF[name](), **SAVED).train()
+    data = batch(name)
+    for _ in range(2):
+        sgd_step(bio, data)
+        bio.zero_grad()
+    assert any((layer.fuzzy_lr < layer.fuzzy_lr.max()).any() for layer in bio.bio_layers())
+    bio.save_pretrained(tmp_path)
+    saved = safetensors.load_file(tmp_path / "model.safetensors")
+    tied = {"lm_head.weight"} if name == "gpt2" else set()  # HF writes a tied weight once
+    assert set(saved) == set(bio.state_dict()) - tied
+    assert {"lm_head.biofx_state.fuzzy_lr", "lm_head.biofx_state.step", "lm_head.dale_w_ei"} <= set(saved)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == [type(bio).__name__]
+
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded).__name__ == type(bio).__name__ and not isinstance(loaded, biofx.BioMethods)
+    restored = biofx.transform(loaded, **SAVED).train()
+    result = restored.load_state_dict(saved, strict=False)
+    assert sorted(result.missing_keys) == sorted(tied) and result.unexpected_keys == []
+    assert restored.state_dict().keys() == bio.state_dict().keys()
+    for key, value in bio.state_dict().items():
+        assert torch.equal(restored.state_dict()[key], value), key
+    assert [layer.steps.value for layer in restored.bio_layers()] == [2] * HF_LAYERS[name]
+    for model in (bio, restored):
+        sgd_step(model, data)
+    for (key, value), other in zip(bio.state_dict().items(), restored.state_dict().values()):
+        assert torch.equal(other, value), key
+
+
+def test_save_pretrained_of_the_plain_state_dict_loads_as_the_plain_model(tmp_path):
+    """To hand a bio model to plain transformers: ``save_pretrained(d, state_dict=bio.plain_state_dict())``
+    writes the weights the bio forward uses (Dale's constraint folded in), no bio state."""
+    safetensors = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(0)
+    bio = biofx.transform(tiny_llama(), seed=0, apply_dales_principle=True).eval()
+    bio.save_pretrained(tmp_path, state_dict=bio.plain_state_dict())
+    saved = safetensors.load_file(tmp_path / "model.safetensors")
+    assert not any("biofx_state" in key or ".dale_w_" in key for key in saved)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(plain) is transformers.LlamaForCausalLM
+    x = ids()
+    assert torch.equal(plain(input_ids=x).logits, bio(input_ids=x).logits)
+
+
+class WeightsAtStepEnd(transformers.TrainerCallback):
+    """Records the lm_head weight after every optimizer step of a ``Trainer``."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights.append(model.lm_head.weight.detach().clone())
+
+
+def train_with_trainer(model, output_dir):
+    rows = ids(4, 8, seed=3).tolist()
+    data = [dict(input_ids=row, attention_mask=[1] * len(row), labels=row) for row in rows]
+    args = transformers.TrainingArguments(
+        output_dir=str(output_dir), max_steps=2, per_device_train_batch_size=2, report_to=[], use_cpu=True,
+        save_strategy="no", logging_strategy="no", learning_rate=1e-3, seed=0,
+    )
+    record = WeightsAtStepEnd()
+    transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[record]).train()
+    return record.weights
+
+
+@pytest.mark.slow  # the Trainer's first start (accelerate) takes ~5 s on 2 CPU cores
+def test_trainer_trains_the_bio_model(tmp_path):
+    """The Trainer's AdamW (inside accelerate's wrapper) steps through the global optimizer
+    hooks: every bio layer counts 2 steps, and the first update is the plain run's times f."""
+    torch.manual_seed(0)
+    model, bio = pair(tiny_llama(), fuzzy_lr_distribution="uniform")
+    start = model.lm_head.weight.detach().clone()
+    plain = train_with_trainer(model, tmp_path / "plain")
+    weights = train_with_trainer(bio, tmp_path / "bio")
+    assert [layer.steps.value for layer in bio.bio_layers()] == [2] * HF_LAYERS["llama"]
+    f = bio.lm_head.bio_state.fuzzy_lr
+    torch.testing.assert_close(weights[0] - start, f * (plain[0] - start), rtol=1e-4, atol=1e-8)
+    assert not torch.allclose(weights[1], plain[1])
+
+
+# -- PEFT (LoRA) ----------------------------------------------------------------------------
+
+
+def lora(model, **kwargs):
+    peft = pytest.importorskip("peft")
+    return peft.get_peft_model(model, peft.LoraConfig(target_modules=["q_proj", "v_proj"], r=4, **kwargs))
+
+
+def lora_layers(peft_model):
+    return {name: m for name, m in peft_model.named_modules() if name.endswith("q_proj") or name.endswith("v_proj")}
+
+
+def test_lora_on_a_bio_model_keeps_the_base_layers_bio():
+    """``get_peft_model(bio)``: PEFT wraps the bio layers (``base_layer``) and freezes them; the
+    LoRA factors are new plain Linears (listed plain, said once at the step); the frozen base
+    layers take no step. A layer PEFT trains as a copy (``modules_to_save``) stays bio."""
+    torch.manual_seed(0)
+    model = tiny_llama()
+    bio = biofx.transform(copy.deepcopy(model), seed=0)
+    tuned = lora(bio, modules_to_save=["lm_head"])
+    assert tuned.base_model.model is bio
+    wrapped = lora_layers(tuned)
+    assert len(wrapped) == 4
+    for module in wrapped.values():
+        assert isinstance(module.base_layer, biofx.BioLayer) and not module.base_layer.weight.requires_grad
+        assert type(module.lora_A["default"]) is nn.Linear and type(module.lora_B["default"]) is nn.Linear
+    plain = dict(bio.bio_report.plain)
+    assert len(plain) == 8 and all("appeared after biofx.transform" in why for why in plain.values())
+    head = bio.lm_head.modules_to_save["default"]  # PEFT's trainable copy of the bio head
+    assert isinstance(head, biofx.BioLayer) and head.bio_state is not bio.lm_head.original_module.bio_state
+    # LoRA is effective: B (zero at first) gets gradients, and a nonzero B changes the output
+    x = ids()
+    tuned.eval()
+    with tuned.disable_adapter():
+        base = tuned(input_ids=x).logits
+    assert torch.equal(tuned(input_ids=x).logits, base)
+    tuned.train()
+    head_before = head.weight.detach().clone()
+    frozen = {n: p.detach().clone() for n, p in bio.named_parameters() if not p.requires_grad}
+    with pytest.warns(RuntimeWarning, match=r"lora_[AB]\.default' \(Linear\) was put into the model after") as said:
+        grads = sgd_step(tuned, batch("llama"))
+    assert len(said) == 8  # once per LoRA factor
+    for name in wrapped:
+        assert grads[f"{name}.lora_B.default.weight"].abs().sum() > 0
+    tuned.eval()
+    assert not torch.allclose(tuned(input_ids=x).logits, base)
+    # the frozen base layers are skipped by biofx; the trainable head copy's update carries f
+    assert all(torch.equal(p, frozen[n]) for n, p in bio.named_parameters() if not p.requires_grad)
+    assert bio.lm_head.original_module.bio_state.steps.value == 0 and head.bio_state.steps.value == 1
+    update = head.weight.detach() - head_before
+    grad = grads["base_model.model.lm_head.modules_to_save.default.weight"]
+    torch.testing.assert_close(update, -0.1 * grad * head.bio_state.fuzzy_lr)
+
+
+def test_transform_of_a_peft_model_converts_the_lora_factors_too():
+    """``biofx.transform(get_peft_model(m))``: the LoRA factors are plain Linears then, so they
+    are converted with the base layers; the zero-initialized B keeps the model's outputs, and
+    f scales the factors' updates. A ConfigMap leaves the factors plain."""
+    torch.manual_seed(0)
+    model = tiny_llama()
+    tuned = lora(copy.deepcopy(model))
+    reference = copy.deepcopy(tuned).eval()
+    bio = biofx.transform(tuned, fuzzy_lr_distribution="uniform", seed=0)
+    converted = [layer.name for layer in bio.bio_report.converted]
+    assert len(converted) == HF_LAYERS["llama"] + 8 and bio.bio_report.plain == ()
+    q_proj = bio.base_model.model.model.layers[0].self_attn.q_proj
+    parts = (q_proj.base_layer, q_proj.lora_A["default"], q_proj.lora_B["default"])
+    assert all(isinstance(m, biofx.BioLayer) for m in parts)
+    x = ids()
+    bio.eval()
+    assert torch.equal(bio(input_ids=x).logits, reference(input_ids=x).logits)
+    assert torch.equal(bio.generate(x, max_new_tokens=3, do_sample=False),
+                       reference.generate(x, max_new_tokens=3, do_sample=False))
+    bio.train()
+    lora_b = q_proj.lora_B["default"]
+    grad = sgd_step(bio, batch("llama"))["base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"]
+    torch.testing.assert_close(lora_b.weight.detach(), -0.1 * grad * lora_b.bio_state.fuzzy_lr)  # B was 0
+    assert q_proj.base_layer.bio_state.steps.value == 0 and lora_b.bio_state.steps.value == 1
+
+    factors_plain = biofx.transform(lora(copy.deepcopy(model)), ConfigMap({"re:.*lora_[AB].*": None}), seed=0)
+    plain = dict(factors_plain.bio_report.plain)
+    assert len(plain) == 8 and all("left plain by ConfigMap" in why for why in plain.values())
+    assert len(factors_plain.bio_report.converted) == HF_LAYERS["llama"]
 
 
 # -- the model matrix ----------------------------------------------------------------------
@@ -584,7 +863,7 @@ def test_model_matrix(name):
     torch.manual_seed(0)
     model, inputs = MATRIX[name]()
     layers = [n for n, m in model.named_modules() if biofx.layers.kind_of(m) is not None]
-    bio = biofx.transform(model, automatic=(), seed=0)
+    bio = biofx.transform(copy.deepcopy(model), automatic=(), seed=0)
     report = bio.bio_report
     # coverage: every layer converted or reported plain with the expected reason
     plain = PLAIN.get(name, [])
@@ -601,7 +880,6 @@ def test_model_matrix(name):
             outputs.append(_first(m(**inputs)))
         assert torch.equal(*outputs), f"{name} {'train' if training else 'eval'}"
     # no converted layer bypassed: with every fuzzy multiplier 0 no converted weight gets a gradient
-    # (on a copy: a second transform of the same model would take its weights over from `bio`)
     probe = biofx.transform(copy.deepcopy(model), automatic=("fuzzy",), acts_on="gradient", seed=0).train()
     for layer in probe.bio_layers():
         layer.fuzzy_lr.zero_()
