@@ -311,6 +311,12 @@ def one_process(kind, optimizer, bio=True):
     return train_model(kind, bio_model(kind) if bio else plain_model(kind), optimizer)
 
 
+@functools.cache
+def layer_shapes(kind):
+    """Every bio layer's weight shape (whole)."""
+    return {name: layer.weight.shape for name, layer in bio_layers(bio_model(kind)).items()}
+
+
 def max_gap(a, b, keys):
     return max((a[k] - b[k]).abs().max().item() for k in keys)
 
@@ -388,7 +394,7 @@ def test_each_rank_holds_its_rows_of_the_per_weight_state(spawned, case):
         pytest.skip("transformers is not installed")
     (_, shards0), (_, shards1) = _load(spawned, case)
     whens = ["sharded", "first_step"] if "meta" in case else ["first_step"]
-    full = {name: layer.weight.shape for name, layer in bio_layers(bio_model(parse(case)[0])).items()}
+    full = layer_shapes(parse(case)[0])
     for when in whens:
         assert shards0[when].keys() == shards1[when].keys() == full.keys()
         for name, shape in full.items():
