@@ -22,11 +22,18 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx._symbolic_trace import is_fx_tracing
 from torch.fx.graph_module import _forward_from_src
 
+try:  # newer torch: is_fx_tracing() is true under torch.export too, and logs a warning saying so
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
+except ImportError:
+    from torch.fx._symbolic_trace import is_fx_tracing
+
+from ._leaf import bio_annotation
+from .passes.tags import LAYER
 from .state import STATE_ROOT
 
 __all__ = ["BioLayer", "layer_graph", "original_class"]
@@ -61,6 +68,9 @@ class BioLayer(nn.Module):
                 state.raise_undrawn()
             if state.per_weight_shape != self.weight.shape:  # a new weight (resize_token_embeddings)
                 state.follow_weight()
+        if torch.compiler.is_compiling():  # compiled graphs tag the layer's own ops too (nested tags win)
+            with bio_annotation(LAYER):
+                return self.__dict__["_bio_forward"](self, input)
         return self.__dict__["_bio_forward"](self, input)
 
     @property

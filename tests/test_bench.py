@@ -1,6 +1,7 @@
 """tools/bench.py: runs end to end on tiny models, writes a well-formed report; ratios come from the
 per-round medians of the same run, the turn order rotates, CPU peak memory is measured."""
 
+import copy
 import importlib.metadata
 import importlib.util
 import json
@@ -163,7 +164,7 @@ def test_bio_state_bytes_match_the_transformed_model(report, bench):
     for name, result in report["benches"].items():
         torch.manual_seed(0)
         model, *_ = bench.MODELS[name](True)
-        bio = biofx.transform(model, automatic=(), seed=0)
+        bio = biofx.transform(copy.deepcopy(model), automatic=(), seed=0)
         layers = bio.bio_layers()
         assert result["bio_state_bytes"] == sum(layer.state_bytes() for layer in layers)
         assert result["bio_weights"] == sum(layer.weight.numel() for layer in layers)

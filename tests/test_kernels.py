@@ -123,7 +123,7 @@ def test_in_place_kernels_write_back_non_contiguous_weights(fused_kernels, momen
         if channels_last:
             model[0].to(memory_format=torch.channels_last)
             assert not model[0].weight.is_contiguous()
-        bio = biofx.transform(model, automatic=("fuzzy", "volume", "crystallize"), seed=1)
+        bio = biofx.transform(copy.deepcopy(model), automatic=("fuzzy", "volume", "crystallize"), seed=1)
         initial = bio.bio_layers()[0].fuzzy_lr.clone()
         opt = torch.optim.SGD(bio.parameters(), lr=0.5, momentum=momentum)
         for _ in range(3):
@@ -148,7 +148,7 @@ def test_one_compiled_kernel_serves_every_layer(fused_kernels):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 40))
     # a base_lr no other test uses: the kernel's constants are new, so it compiles here
-    bio = biofx.transform(model, automatic=("fuzzy", "volume", "crystallize"), base_lr=0.0123, seed=0)
+    bio = biofx.transform(copy.deepcopy(model), automatic=("fuzzy", "volume", "crystallize"), base_lr=0.0123, seed=0)
     optimizer = torch.optim.SGD(bio.parameters(), lr=0.1)
     before = counters["stats"]["unique_graphs"]
     for _ in range(2):

@@ -6,6 +6,7 @@ statistics) and counters int64, whether the model runs under autocast or is cast
 gradients in the gradient's dtype.
 """
 
+import copy
 import pytest
 import torch
 import torch.nn as nn
@@ -68,7 +69,7 @@ def test_autocast_bf16_on_cpu_trains_and_keeps_state_float32():
 def test_neutral_transform_under_autocast_is_bit_identical():
     model = MLP()
     x = torch.randn(5, 6)
-    bio = biofx.transform(model, fuzzy_lr_distribution="baseline")
+    bio = biofx.transform(copy.deepcopy(model), fuzzy_lr_distribution="baseline")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(bio(x), model(x))
 
@@ -78,7 +79,7 @@ def test_cast_model_keeps_state_float32_and_trains(cast):
     dtype = torch.bfloat16 if cast == "to_bfloat16" else torch.float16
     torch.manual_seed(0)
     model = MLP((6, 16, 4))
-    bio = biofx.transform(model, **{**FULL, "automatic": ("fuzzy", "volume")})
+    bio = biofx.transform(copy.deepcopy(model), **{**FULL, "automatic": ("fuzzy", "volume")})
     bio = bio.half() if cast == "half" else bio.to(dtype)
     assert bio.fc1.weight.dtype == dtype
     assert model.fc1.weight.dtype == dtype  # parameters are shared with the original model
@@ -105,7 +106,7 @@ def test_cast_model_fuzzy_gradient_is_computed_in_float32():
     model(x).float().square().sum().backward()
     plain = {n: p.grad for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    bio = biofx.transform(model, seed=0, fuzzy_learning_rate_factor_nu=0.4, acts_on="gradient")
+    bio = biofx.transform(copy.deepcopy(model), seed=0, fuzzy_learning_rate_factor_nu=0.4, acts_on="gradient")
     bio(x).float().square().sum().backward()
     for layer in bio.bio_layers():
         g = plain[f"{layer.layer_name}.weight"]
@@ -118,7 +119,7 @@ def test_bf16_update_mode_rescales_in_float32(sgd):
     w ← (w₀ + f·(w₁ − w₀) in float32).to(bf16); plain SGD steps with the gradient scaled in
     float32, w ← w₀ − lr·(g·f).to(bf16)."""
     model = MLP().to(torch.bfloat16)
-    bio = biofx.transform(model, seed=0, fuzzy_learning_rate_factor_nu=0.4)
+    bio = biofx.transform(copy.deepcopy(model), seed=0, fuzzy_learning_rate_factor_nu=0.4)
     optimizer = sgd(bio.parameters(), lr=0.5)
     before = {layer.layer_name: layer.weight.detach().clone() for layer in bio.bio_layers()}
     bio(torch.randn(8, 6, dtype=torch.bfloat16)).float().square().sum().backward()

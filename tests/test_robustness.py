@@ -8,6 +8,7 @@ compares or selects (crystallization, rejuvenation, Dale). Rejuvenation replaces
 weights; crystallization keeps the multipliers finite whatever the gradient holds.
 """
 
+import copy
 import math
 
 import pytest
@@ -262,7 +263,7 @@ def test_leaf_modules_must_be_module_types():
 
 def test_bad_model_inputs_fail_like_the_plain_model():
     model = MLP()
-    bio = biofx.transform(model)
+    bio = biofx.transform(copy.deepcopy(model))
     x = torch.randn(3, 7)  # wrong feature count
     with pytest.raises(RuntimeError) as plain_error:
         model(x)

@@ -1,5 +1,6 @@
 """The built-in model zoo: shapes, traceability, and the attention block against its formula."""
 
+import copy
 import math
 
 import pytest
@@ -21,7 +22,7 @@ def test_zoo_model_runs_and_converts_whole(name):
     model, x = zoo.get(name)
     out_shape, layers = CASES[name]
     assert model(x).shape == out_shape
-    bio = biofx.transform(model, seed=0)
+    bio = biofx.transform(copy.deepcopy(model), seed=0)
     assert [layer.name for layer in bio.bio_report.converted] == layers
     assert bio.bio_report.plain == ()
     # the default config changes only gradients: the forward pass is the original one
