@@ -10,6 +10,7 @@ allowed. ``replace`` (alias ``_replace``) copies with changes; ``to_dict``/``fro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import enum
 import importlib
 import json
@@ -301,6 +302,23 @@ _INT_MINIMA = (
     ("rejuvenate_every", 0),
 )
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(BioConfig))
+
+
+def _checked_init(init: Callable) -> Callable:
+    """The dataclass ``__init__`` with a "did you mean" for a misspelt field (its own error
+    says only "unexpected keyword argument")."""
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - _FIELD_NAMES)
+        if unknown:
+            raise TypeError(f"BioConfig has no field {unknown[0]!r}{_did_you_mean(unknown[0])}")
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+BioConfig.__init__ = _checked_init(BioConfig.__init__)
 
 
 def _did_you_mean(name: str) -> str:

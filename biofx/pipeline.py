@@ -41,7 +41,7 @@ from .passes.plan import (
     PlannedLayer,
     check_weight_flow,
     convertible_modules,
-    output_layer,
+    output_layers,
     plan_layers,
     plan_modules,
     plan_splitting,
@@ -61,6 +61,7 @@ class Seen:
     gm: Optional[fx.GraphModule]
     capture: str
     reasons: dict = dataclasses.field(default_factory=dict)
+    outputs: set = dataclasses.field(default_factory=set)  # paths of the layers whose outputs are the model's
 
 
 def see(model: nn.Module, leaf_modules: tuple, concrete_args: Any, example_inputs: Any, mode: str) -> Seen:
@@ -97,7 +98,11 @@ def see(model: nn.Module, leaf_modules: tuple, concrete_args: Any, example_input
 
 
 def plan(seen: Seen, model: nn.Module, config_map: ConfigMap, leaf_modules: tuple) -> tuple[list, list]:
-    """The layers to convert (in execution order) and ``(name, reason)`` for those left plain."""
+    """The layers to convert (in execution order) and ``(name, reason)`` for those left plain.
+
+    The layers whose outputs are the model's outputs (bio or not: :func:`output_layers`) are
+    recorded in ``seen.outputs`` for :func:`number`."""
+    seen.outputs = output_layers(seen.gm, model)
     if seen.gm is None:
         layers, plain = plan_modules(model, config_map, leaf_modules)
     else:
@@ -107,11 +112,10 @@ def plan(seen: Seen, model: nn.Module, config_map: ConfigMap, leaf_modules: tupl
     return layers, plain
 
 
-def number(layers: list, seed: int) -> None:
+def number(layers: list, seed: int, outputs: set = frozenset()) -> None:
     """Number the layers once, in order: index, total, seed, LAYER_ADAPTIVE's l and L, and
-    weight splitting (the output layer is skipped when there are several)."""
+    weight splitting (not for the layers at ``outputs``, whose outputs are the model's)."""
     total = len(layers)
-    last = output_layer(layers) if total > 1 else None
     for index, layer in enumerate(layers):
         layer.index, layer.total = index, total
         cfg = layer.config
@@ -121,7 +125,7 @@ def number(layers: list, seed: int) -> None:
                 fuzzy_lr_layer_index=cfg.fuzzy_lr_layer_index if cfg.fuzzy_lr_layer_index >= 0 else index,
                 fuzzy_lr_total_layers=cfg.fuzzy_lr_total_layers if cfg.fuzzy_lr_total_layers > 0 else total,
             )
-    plan_splitting(layers, last)
+    plan_splitting(layers, outputs)
 
 
 def share_states(layers: list, model: nn.Module) -> None:

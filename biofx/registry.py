@@ -131,7 +131,7 @@ REJUVENATE = _register(
         acts=(PRE_STEP, METHOD),
         method="rejuvenate_weights",
         colour="#e6c07b",
-        detail=lambda config: f"every {config.rejuvenate_every} steps",
+        detail=lambda config: "every step" if config.rejuvenate_every == 1 else f"every {config.rejuvenate_every} steps",
     )
 )
 

@@ -114,7 +114,7 @@ def fused(fn: Callable) -> Callable:
             state["calls"] += 1
             if state["calls"] <= _STATE["after_calls"]:
                 return fn(*args, **kwargs)
-            log.info("biofx: compiling the fused kernel %s (once per process)", fn.__qualname__)
+            _announce_compile(fn)
             state["compiled"] = torch.compile(fn, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
         try:
             with kernel_scope():
@@ -131,6 +131,22 @@ def fused(fn: Callable) -> Callable:
 
     wrapper.unfused = fn
     return wrapper
+
+
+def _announce_compile(fn: Callable) -> None:
+    """Say once per process, at warning level, that the step stalls while the kernels compile
+    (a first kernel takes seconds on a CPU); later kernels only at info level."""
+    if _STATE.setdefault("announced", False):
+        log.info("biofx: compiling the fused kernel %s", fn.__qualname__)
+        return
+    _STATE["announced"] = True
+    log.warning(
+        "biofx: compiling the fused step kernels now (after %d eager calls of %s: each bio layer calls it "
+        "once per optimizer step); this step takes seconds longer, once per process. BIOFX_FUSED_AFTER=N "
+        "chooses when, BIOFX_FUSED=0 keeps the eager kernels",
+        _STATE["after_calls"],
+        fn.__qualname__,
+    )
 
 
 def flat(tensor: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,7 @@ def transform(
     one_layer = kind_of(model) is not None
     seen = Seen(None, "one layer") if one_layer else see(model, leaf_modules, concrete_args, example_inputs, capture)
     layers, plain = plan(seen, model, config_map, leaf_modules)
-    number(layers, seed)
+    number(layers, seed, set() if one_layer else seen.outputs)  # a model that is one layer is split
     counts = convert(model, layers, root_is_layer=one_layer)
     if not isinstance(model, BioMethods):  # the root is not a converted layer
         model.__class__ = bio_class(type(model), root=True)

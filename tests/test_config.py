@@ -62,6 +62,8 @@ def test_immutable_and_replace():
     assert cfg._replace(dampening_factor=0.7).dampening_factor == 0.7
     with pytest.raises(TypeError, match="did you mean 'base_lr'"):
         cfg.replace(base_lrr=0.5)
+    with pytest.raises(TypeError, match="no field 'fuzzy_learning_rate_factor_n'; did you mean 'fuzzy_learning_rate_factor_nu'"):
+        BioConfig(fuzzy_learning_rate_factor_n=0.1)  # at construction too
 
 
 # every field: a value that is wrong, and the exception it raises

@@ -1,6 +1,7 @@
 """Fused kernels equal the plain functions, and fall back cleanly when compiling fails."""
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -77,8 +78,9 @@ def test_compile_failure_falls_back_with_warning(monkeypatch, fused_kernels):
     assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0))  # no second attempt, no warning
 
 
-def test_tiered_compilation_waits_until_hot(monkeypatch):
+def test_tiered_compilation_waits_until_hot_and_says_so_once(monkeypatch, caplog):
     compiled_calls = []
+    monkeypatch.setitem(kernels_state(), "announced", False)
 
     def fake_compile(fn, **kw):
         def run(*args):
@@ -95,11 +97,25 @@ def test_tiered_compilation_waits_until_hot(monkeypatch):
         def inc(x):
             return x + 1
 
-        for _ in range(5):
-            inc(torch.zeros(1))
+        @kernels.fused
+        def dec(x):
+            return x - 1
+
+        with caplog.at_level(logging.INFO, logger="biofx"):
+            for _ in range(5):
+                inc(torch.zeros(1))
+                dec(torch.zeros(1))
     finally:
         kernels.set_enabled(False, after_calls=200)
-    assert len(compiled_calls) == 2  # calls 4 and 5
+    assert len(compiled_calls) == 4  # calls 4 and 5 of each
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "compiling the fused step kernels now (after 3 eager calls" in warned[0].getMessage()
+
+
+def kernels_state():
+    from biofx import tiered_compile
+
+    return tiered_compile._STATE
 
 
 def test_set_enabled_validates():

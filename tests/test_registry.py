@@ -56,6 +56,7 @@ def test_report_lists_the_mechanisms_on_in_registry_order():
     assert first.mechanisms == ("fuzzy", "volume", "scaling", "weight_split (Γ=2)", "dale", "activity",
                                 "rejuvenate (every 5 steps)")
     assert "weight_split (Γ=2)" not in last.mechanisms  # the model's last layer is not split
+    assert registry.REJUVENATE.label(biofx.BioConfig(rejuvenate_every=1)) == "rejuvenate (every step)"
     cfg = bio.bio_layers()[0].config
     assert [m.name for m in registry.REGISTRY.values() if m.is_on(cfg)] == [
         "fuzzy", "volume", "scaling", "weight_split", "dale", "activity", "rejuvenate"]

@@ -220,35 +220,71 @@ def check_initialized(name: str, module: nn.Module) -> None:
         )
 
 
-def output_layer(layers: list[PlannedLayer]) -> PlannedLayer:
-    """The layer whose last call comes last (in a model graph), else the last in module order."""
-    if not all(layer.sites for layer in layers):
-        return layers[-1]
-    position = {node: i for i, node in enumerate(layers[0].sites[0].graph.nodes)}
-    return max(layers, key=lambda l: max(position[site] for site in l.sites))
+def output_layers(gm: Optional[fx.GraphModule], model: nn.Module) -> set:
+    """Paths of the layers (bio or plain) whose outputs are the model's outputs: reached from the
+    graph's output without passing through another layer. Without a graph, the last layer in
+    module order."""
+    if gm is None:
+        names = [name for name, _ in convertible_modules(model)]
+        return set(names[-1:])
+    found, seen = set(), set()
+    stack = [next(node for node in reversed(gm.graph.nodes) if node.op == "output")]
+    while stack:
+        for arg in stack.pop().all_input_nodes:
+            if arg in seen:
+                continue
+            seen.add(arg)
+            if arg.op == "call_module" and kind_of(gm.get_submodule(arg.target)) is not None:
+                found.add(arg.target)
+            else:
+                stack.append(arg)
+    return found
 
 
-def plan_splitting(layers: list[PlannedLayer], last=None) -> None:
-    """Decide ``split`` for each layer (``last``, the model's last bio layer, is skipped);
-    Γ must divide a split layer's output count."""
+def plan_splitting(layers: list[PlannedLayer], outputs: set = frozenset()) -> None:
+    """Decide ``split`` for each layer: not for the layers at ``outputs`` (their outputs are
+    the model's) or marked to skip. Γ must divide a split layer's output count; every layer
+    where it does not is named in one error."""
+    wrong = []
     for layer in layers:
-        if not layer.config.splits or layer is last or skip_split_marked(layer.module):
+        if not layer.config.splits or layer.path in outputs or skip_split_marked(layer.module):
             continue
         gamma = layer.config.weight_splitting_Gamma
         channels = layer.kind.out_features(layer.module)
         if channels % gamma:
-            fix = (
-                f"leave this layer unsplit with BioConverter.mark_skip_weight_splitting(model.{layer.path}) "
-                "or a ConfigMap entry"
-                if layer.path
-                else "turn splitting off with weight_splitting_Gamma=0"
-            )
-            raise ValueError(
-                f"weight_splitting_Gamma ({gamma}) must evenly divide the number of features ({channels}) "
-                f"of layer {layer.path or '<root>'!r} ({layer.kind.name}, {channels} outputs). "
-                f"Choose a Γ that divides {channels}, or {fix}."
-            )
-        layer.split = True
+            wrong.append((layer, gamma, channels))
+        else:
+            layer.split = True
+    if wrong:
+        raise ValueError(_split_error(wrong))
+
+
+def _split_error(wrong: list) -> str:
+    def fix(layers) -> str:
+        skips = [f"BioConverter.mark_skip_weight_splitting({python_path(l.path)})" for l in layers if l.path]
+        if not skips:
+            return "turn splitting off with weight_splitting_Gamma=0"
+        return f"leave {'it' if len(skips) == 1 else 'them'} unsplit with {'; '.join(skips)} or a ConfigMap entry"
+
+    if len(wrong) == 1:
+        (layer, gamma, channels), = wrong
+        return (
+            f"weight_splitting_Gamma ({gamma}) must evenly divide the number of features ({channels}) of layer "
+            f"{layer.path or '<root>'!r} ({layer.kind.name}, {channels} outputs). "
+            f"Choose a Γ that divides {channels}, or {fix([layer])}."
+        )
+    lines = "".join(
+        f"\n  {layer.path!r} ({layer.kind.name}, {channels} outputs, Γ={gamma})" for layer, gamma, channels in wrong
+    )
+    return (
+        f"weight_splitting_Gamma must evenly divide the number of features of every split layer; it does not "
+        f"for {len(wrong)} layers:{lines}\nChoose a Γ that divides them, or {fix([l for l, _, _ in wrong])}."
+    )
+
+
+def python_path(path: str, root: str = "model") -> str:
+    """The Python expression of a module path: ``encoder.layer.0.dense`` → ``model.encoder.layer[0].dense``."""
+    return root + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in path.split("."))
 
 
 def convertible_modules(model: nn.Module):

@@ -6,7 +6,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from biofx import BioConfig, ConfigMap
-from biofx.passes.plan import plan_layers, plan_modules
+from biofx.passes.plan import output_layers, plan_layers, plan_modules, python_path
 from biofx.pipeline import number
 from biofx.tracing import trace
 
@@ -35,18 +35,35 @@ def test_number_in_execution_order_and_the_output_layer_unsplit():
     root, gm = two_layer_graph()
     config = BioConfig(weight_splitting_Gamma=2, fuzzy_lr_distribution="layer_adaptive")
     layers, _ = plan_layers(gm, ConfigMap(default=config), root)
-    number(layers, seed=5)
+    assert output_layers(gm, root) == {"b"}
+    number(layers, seed=5, outputs={"b"})
     assert [(l.path, l.index, l.total, l.seed) for l in layers] == [("a", 0, 2, 5), ("b", 1, 2, 5)]
     assert [l.config.fuzzy_lr_layer_index for l in layers] == [0, 1]
     assert {l.config.fuzzy_lr_total_layers for l in layers} == {2}
     assert [l.split for l in layers] == [True, False]  # the model's output layer is not split
 
 
-def test_number_names_the_path_when_gamma_does_not_divide():
+def test_gamma_error_names_every_layer_with_a_python_fix():
     root, gm = two_layer_graph()
     layers, _ = plan_layers(gm, ConfigMap(default=BioConfig(weight_splitting_Gamma=4)), root)
-    with pytest.raises(ValueError, match=r"layer 'a' .*mark_skip_weight_splitting\(model.a\)"):
+    with pytest.raises(ValueError, match="it does not for 2 layers") as info:
         number(layers, seed=0)
+    message = str(info.value)
+    assert "'a' (Linear, 6 outputs, Γ=4)" in message and "'b' (Linear, 6 outputs, Γ=4)" in message
+    assert "mark_skip_weight_splitting(model.a)" in message and "mark_skip_weight_splitting(model.b)" in message
+    assert python_path("0") == "model[0]" and python_path("encoder.layer.3.dense") == "model.encoder.layer[3].dense"
+
+
+def test_the_output_layer_is_the_models_even_when_left_plain():
+    """Weight splitting skips the layer whose output is the model's output, bio or not."""
+    import biofx
+
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    bio = biofx.transform(model, ConfigMap({"4": None}, default=BioConfig(weight_splitting_Gamma=2)))
+    assert [layer.name for layer in bio.bio_report.converted if "weight_split (Γ=2)" in layer.mechanisms] == ["0", "2"]
+    tree = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    bio = biofx.transform(tree, ConfigMap({"4": None}, default=BioConfig(weight_splitting_Gamma=2)), capture="modules")
+    assert [layer.name for layer in bio.bio_report.converted if "weight_split (Γ=2)" in layer.mechanisms] == ["0", "2"]
 
 
 def test_traced_model_plans_in_execution_order():
