@@ -16,7 +16,6 @@ from the tree as it is now, so a layer replaced after the transform is listed as
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Optional
 
 import torch
@@ -24,6 +23,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from . import registry
+from ._warn import warn_user
 from .bio_layer import BioLayer
 from .mechanisms import dale
 from .state import RANK_LOCAL_BUFFERS, STATE_ROOT, BioSynapses
@@ -55,7 +55,7 @@ class BioMethods:
         warned = self.__dict__.setdefault("_biofx_warned", set())
         if key not in warned:
             warned.add(key)
-            warnings.warn(message, UserWarning, stacklevel=3)
+            warn_user(message)
 
     def _explicit(self, mechanism: registry.Mechanism) -> list[BioSynapses]:
         """Layers the explicit method of ``mechanism`` acts on: trainable ones with a gradient.

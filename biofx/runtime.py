@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import warnings
 import weakref
 from typing import Callable
 
@@ -37,7 +36,8 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from . import registry, sharding
-from .mechanisms import update
+from ._warn import warn_user
+from .mechanisms import dale, update
 from .tiered_compile import kernel_scope
 
 log = logging.getLogger("biofx")
@@ -58,6 +58,7 @@ _REPORTED: weakref.WeakSet = weakref.WeakSet()
 # about: a plain layer put into a bio model after the transform trains plain (_report_new_layers)
 _MODELS: weakref.WeakSet = weakref.WeakSet()
 _NEW_REPORTED: set = set()
+_SETUP_REPORTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> problems warned about
 # From the pre-step to the post-step hook: each layer's weight (this rank's shard) with
 # acts_on="update" (unless the optimizer is plain SGD), and DANN's interneuron weights (BioSynapses.correct_interneurons_before_step)
 _WEIGHT_BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -132,7 +133,47 @@ def _layers_of(optimizer: torch.optim.Optimizer) -> list:
     _CACHE[optimizer] = (signature, [(weakref.ref(s), weakref.ref(s.weight)) for s in layers])
     _report_undriven(optimizer, params, layers)
     _report_new_layers(position)
+    _report_setup(optimizer, position, layers)
     return layers
+
+
+def _report_setup(optimizer: torch.optim.Optimizer, position: dict, layers: list) -> None:
+    """Warn (once per optimizer and problem) about a set-up that trains otherwise than asked:
+
+    * DANN's interneuron weights (``dale_w_ei``, ``dale_w_ie``) are added by the transform, so
+      an optimizer built before it holds the layer's weight but not them: they never train;
+    * rejuvenation at every step under momentum or an adaptive optimizer: the re-drawn weights
+      keep the optimizer's state of the old ones, and the authors' rule then diverges (digits,
+      SGD momentum 0.9, lr 0.03: NaN; biofx ends at chance)."""
+    missing = [
+        layer.layer_name
+        for layer in layers
+        if registry.DALE.is_on(layer.config) and layer.config.dale_mode == "dann"
+        and any(id(getattr(layer.layer, name)) not in position for name in dale.INTERNEURON_PARAMS)
+    ]
+    reported = _SETUP_REPORTED.setdefault(optimizer, set())
+    if missing and "dann" not in reported:
+        reported.add("dann")
+        warn_user(
+            f"biofx: this optimizer does not hold the DANN interneuron weights (dale_w_ei, dale_w_ie) of "
+            f"{_names(missing)}, so they never train: build the optimizer after biofx.transform, which adds them",
+            RuntimeWarning,
+        )
+    every_step = [layer.layer_name for layer in layers if layer.config.rejuvenate_every == 1]
+    if every_step and not is_plain_sgd(optimizer) and "rejuvenate" not in reported:
+        reported.add("rejuvenate")
+        warn_user(
+            f"biofx: rejuvenation at every step ({_names(every_step)}) with {type(optimizer).__name__} and momentum "
+            "or adaptive state: re-drawn weights keep the optimizer state of the weights they replace, and "
+            "training tends to diverge or collapse. Rejuvenate less often (rejuvenate_every=50 or more) or train "
+            "with plain SGD (see concepts: rejuvenation)",
+            RuntimeWarning,
+        )
+
+
+def _names(names: list) -> str:
+    shown = ", ".join(repr(name) for name in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _report_new_layers(position: dict) -> None:
@@ -151,11 +192,10 @@ def _report_new_layers(position: dict) -> None:
                 if replaced
                 else "transform the model after adding it"
             )
-            warnings.warn(
+            warn_user(
                 f"biofx: layer {path!r} ({type(layer).__name__}) was put into the model after biofx.transform and "
                 f"trains without the bio mechanisms; {fix}",
                 RuntimeWarning,
-                stacklevel=6,
             )
 
 
@@ -174,15 +214,13 @@ def _report_undriven(optimizer: torch.optim.Optimizer, params: list, layers: lis
             names.append(entry[1])
     if names:
         _REPORTED.add(optimizer)
-        shown = ", ".join(repr(name) for name in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        warnings.warn(
-            f"biofx: this optimizer steps the weights of bio layers {shown}, but no live bio layer drives them "
+        warn_user(
+            f"biofx: this optimizer steps the weights of bio layers {_names(names)}, but no live bio layer drives them "
             "any more, so they train without the bio mechanisms: the model biofx.transform returned was "
             "garbage-collected (keep a reference to it while training), or the layers' weights were replaced "
             "by other Parameters after the optimizer was built (build the optimizer after load_state_dict("
             "assign=True) or to_empty)",
             RuntimeWarning,
-            stacklevel=6,  # the caller of optimizer.step() (through _layers_of, the pre-step hook and torch's wrapper)
         )
 
 

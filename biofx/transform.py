@@ -10,13 +10,13 @@ its own class, and the root gains the model-level bio methods (:class:`~biofx.mo
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any, Iterable, Union
 
 import torch
 import torch.nn as nn
 
 from . import runtime
+from ._warn import warn_user
 from .bio_layer import BioLayer
 from .config import BioConfig, ConfigMap
 from .layers import kind_of
@@ -110,7 +110,7 @@ def transform(
     log_plain(plain)
     if not layers:
         reasons = "; ".join(f"{name or '<root>'}: {why}" for name, why in plain) or "it has no Linear/Conv layer"
-        warnings.warn(f"biofx converted 0 layers of {type(model).__name__}: {reasons}", UserWarning, stacklevel=2)
+        warn_user(f"biofx converted 0 layers of {type(model).__name__}: {reasons}")
     runtime.install()
     runtime.register_model(model)
     return model

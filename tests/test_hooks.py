@@ -217,3 +217,25 @@ def test_a_weight_replaced_after_the_optimizer_was_built_is_warned():
     grad = layer.weight.grad.clone()
     assert _step_warnings(fresh) == []
     torch.testing.assert_close(layer.weight.detach(), before - 0.1 * grad * layer.fuzzy_lr)  # driven: g·f
+
+
+def test_setup_that_would_train_otherwise_is_said_once_at_the_users_line():
+    import warnings
+
+    model = MLP()
+    early = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # built before the transform
+    bio = biofx.transform(model, apply_dales_principle=True, rejuvenate_every=1)
+    bio(torch.randn(2, 6)).sum().backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        early.step()
+        early.step()
+        bio.fuzzy_learning_rates()  # automatic: skipped with a warning
+    messages = [(str(w.message), w.filename) for w in caught]
+    assert [m for m, _ in messages if "DANN interneuron weights" in m and "build the optimizer after" in m]
+    assert [m for m, _ in messages if "rejuvenation at every step ('fc1', 'fc2') with SGD" in m]
+    assert len(messages) == 3 and all(filename == __file__ for _, filename in messages)  # once each, here
+    later = torch.optim.SGD(bio.parameters(), lr=0.1)  # after the transform, plain SGD: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        later.step()
