@@ -22,11 +22,14 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from . import registry
+from . import registry, runtime
 from ._warn import warn_user
 from .bio_layer import BioLayer
+from .layers import kind_of
 from .mechanisms import dale
+from .report import report_of
 from .state import RANK_LOCAL_BUFFERS, STATE_ROOT, BioSynapses
+from .tracing import TraceError, trace
 
 __all__ = ["BioMethods"]
 
@@ -229,8 +232,6 @@ class BioMethods:
         planned from the module tree; ``bio_report.capture`` says why). Not saved with the
         model: after loading, it is traced again on first use."""
         if "_biofx_graph" not in self.__dict__:
-            from .tracing import TraceError, trace
-
             try:
                 self.__dict__["_biofx_graph"] = trace(self)
             except TraceError:
@@ -242,15 +243,11 @@ class BioMethods:
         """What was converted (:class:`~biofx.report.TransformReport`), from the tree as it is:
         every bio layer, every layer left plain with the reason (a layer of a known kind that
         appeared after the transform, e.g. a replaced head, is listed as such)."""
-        from .report import report_of
-
         return report_of(self)
 
     def unconverted_new_layers(self) -> list[str]:
         """Paths of layers of a known kind that are neither bio nor listed plain by the transform:
         they were put into the model after it (``model.fc = nn.Linear(...)``)."""
-        from .layers import kind_of
-
         known = {name for name, _ in self.__dict__.get("_biofx_plain", ())}
         return [
             path
@@ -261,8 +258,6 @@ class BioMethods:
     # -- pickling and copies (rebuilt from the model's class: reduce_converted) ---------------
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        from . import runtime
-
         runtime.register_model(self)
 
 

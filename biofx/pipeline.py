@@ -45,6 +45,7 @@ from .passes.plan import (
     plan_layers,
     plan_modules,
     plan_splitting,
+    strict_reason,
 )
 from .tracing import TraceError, trace
 
@@ -190,9 +191,10 @@ def reconvert(model: nn.Module) -> list[str]:
     plans = model.__dict__.get("_biofx_plans", {})
     layers = []
     for path in model.unconverted_new_layers():
-        if path not in plans:
-            continue
-        module, was = model.get_submodule(path), plans[path]
+        module = model.get_submodule(path)
+        if path not in plans or strict_reason(module, kind_of(module)) is not None:
+            continue  # a new path, or a layer of a custom class: said at the step, left plain
+        was = plans[path]
         layer = PlannedLayer(path, module, kind_of(module), was.config, was.rule, [], path=path)
         layer.index, layer.total, layer.seed, layer.split = was.index, was.total, was.seed, was.split
         layers.append(layer)
