@@ -69,7 +69,8 @@ _INSTALL_DOT = (
     "`apt-get install graphviz` (Debian/Ubuntu), `brew install graphviz` (macOS) or "
     "`conda install graphviz`"
 )
-STEP_LANE = "at step"  #: the DOT name of the step-phase node (fx node names never contain a space)
+STEP_LANE = "at step"  #: the DOT name of the step lane (fx node names never contain a space)
+LEGEND = "biofx legend"  #: the DOT name of the legend
 _BOX = "box "  #: DOT names of folded modules: "box encoder.layer.0" (fx names never contain a space)
 _INTERNAL = ("biofx_",)  #: module names biofx adds (biofx_state, biofx_lifted): never drawn as modules
 _BIO_BOX = "#eef5fb"  #: background of a folded module that holds bio layers
@@ -169,6 +170,8 @@ def to_graphviz(
         if edge[0] != edge[1] and edge not in seen:
             seen.add(edge)
             dot.edge(*edge)
+    for edge in _layer_tops(graph, groups) - seen:
+        dot.edge(*edge, style="invis")
     at_step = graph.graph["at_step"]
     if at_step:
         _step_lane(dot, _lane_rows(at_step, depth))
@@ -291,11 +294,11 @@ def _build(bio: nn.Module, example_inputs: Any) -> _Built:
 
 
 def _model_graph(bio: nn.Module, example_inputs: Any) -> tuple[Optional[fx.GraphModule], nn.Module, str]:
-    """``(model graph, model, how it was captured)``; the graph is ``None`` for a model that is
-    one bio layer (its own graph is drawn)."""
+    """``(model graph, model, how it was captured)``; the graph is ``None`` for a bio layer (a
+    model that is one layer, or one layer of a model): its own graph is drawn."""
     if isinstance(bio, fx.GraphModule):
         return bio, bio, "fx"
-    if isinstance(bio, BioLayer) and "_biofx_capture" in bio.__dict__:  # transform(nn.Linear(...))
+    if isinstance(bio, BioLayer):  # transform(nn.Linear(...)), or one layer of a bio model
         return None, bio, "one layer"
     if not hasattr(type(bio), "bio_graph"):
         raise TypeError(
@@ -303,16 +306,17 @@ def _model_graph(bio: nn.Module, example_inputs: Any) -> tuple[Optional[fx.Graph
             "pass biofx.transform(model) or torch.fx.symbolic_trace(model)"
         )
     gm = bio.bio_graph
-    capture = bio.__dict__.get("_biofx_capture", "fx")
+    capture = bio.bio_report.capture
     if gm is not None:
         if example_inputs is None or not capture.startswith("export") or _fits(gm, example_inputs):
             return gm, bio, capture
         # an exported graph is specialized to the inputs it was captured with: capture again
     elif example_inputs is None:
         raise ValueError(
-            f"{type(bio).__name__} has no model graph to draw (bio.bio_graph is None: it was planned from "
-            'the module tree, see bio.bio_report.capture); pass example_inputs, e.g. {"input_ids": torch.randint(0, vocab_size, '
-            '(1, 8))} or biofx.capture.default_inputs(model), to capture it with torch.export'
+            f"{type(bio).__name__} has no model graph to draw (bio.bio_graph is None: it was planned from the "
+            "module tree, see bio.bio_report.capture); pass example_inputs, e.g. "
+            '{"input_ids": torch.randint(0, vocab_size, (1, 8))} or biofx.capture.default_inputs(model), '
+            "to capture it with torch.export"
         )
     from .capture import export_graph
 
@@ -386,7 +390,7 @@ def _module_of(node: fx.Node, tag: Optional[dict], target: Any, site: Optional[_
     if site is not None:
         return site.path
     if node.op == "call_module":
-        return _public(target)
+        return _public(target) or None
     if node.op == "get_attr":
         return _public(target.rpartition(".")[0]) or None
     stack = node.meta.get("nn_module_stack")
@@ -500,7 +504,8 @@ def _inputs(example_inputs: Any) -> list:
     if isinstance(example_inputs, dict):
         items = list(example_inputs.items())
     else:
-        items = [(None, t) for t in (example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,))]
+        positional = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        items = [(None, t) for t in positional]
     return [(name, tuple(t.shape), t.dtype) for name, t in items if isinstance(t, torch.Tensor)]
 
 
@@ -624,7 +629,9 @@ def _box_attrs(group: str, names: list, graph: nx.DiGraph, groups: dict, root: n
     width = 1 + max((len(m) for m in layers.values()), default=0)
     out = [n for n in names if any(groups.get(user, group) != group for user in graph.successors(n))]
     shapes = {graph.nodes[n].get("shape") for n in out} - {None}
-    what = [kind] if group in layers else [kind, f"{len(layers)} bio layer{'s' * (len(layers) != 1)}"] if layers else [kind]
+    what = [kind]
+    if layers and group not in layers:  # a folded bio layer is its own only row
+        what.append(f"{len(layers)} bio layer{'s' * (len(layers) != 1)}")
     what.append(f"{len(names)} nodes")
     if len(shapes) == 1:
         what.append(f"→ {list(shapes.pop())}")
@@ -654,6 +661,22 @@ def _box_attrs(group: str, names: list, graph: nx.DiGraph, groups: dict, root: n
 
 
 # -- graphviz ------------------------------------------------------------------------------
+def _layer_tops(graph: nx.DiGraph, groups: dict) -> set:
+    """Invisible edges from a bio layer's input to its parameters (the nodes of its box with no
+    input), so each layer's box is drawn below what feeds it: boxes stack down the page
+    instead of stepping to the right."""
+    inputs, tops = defaultdict(set), defaultdict(list)
+    for name, group in groups.items():
+        site = graph.nodes[name].get("site")
+        if site is None or group is not None:
+            continue
+        preds = list(graph.predecessors(name))
+        if not preds:
+            tops[site].append(name)
+        inputs[site] |= {_drawn_as(p, groups) for p in preds if p in groups and graph.nodes[p].get("site") != site}
+    return {(source, top) for site, names in tops.items() for source in inputs[site] for top in names}
+
+
 def _import_graphviz():
     try:
         import graphviz
@@ -683,7 +706,8 @@ def _caption(title: Optional[str], graph: nx.DiGraph, live: list, depth: Optiona
         described = []
         for name, shape, dtype in inputs:
             kind = str(dtype).removeprefix("torch.")
-            described.append((f"{name} " if name else "") + str(list(shape)) + ("" if kind == "float32" else f" {kind}"))
+            shown = str(list(shape)) + ("" if kind == "float32" else f" {kind}")
+            described.append(f"{name} {shown}" if name else shown)
         lines.append(f"shapes for an example input of {', '.join(described)}")
     boxes = {group for group in groups.values() if group is not None}
     notes = []
@@ -790,7 +814,8 @@ def _emit_nodes(dot, drawn: dict, homes: dict, sites: dict, layers: dict) -> Non
                 if child in sites:  # a bio layer's box: its path and class, in the layer colour
                     path = sites[child]
                     call = child.rpartition("@")[2] if "@" in child else ""
-                    label = f"{path or '<root>'} · {layers.get(path, '')}" + (f" (call {int(call) + 1})" if call else "")
+                    label = f"{path or '<root>'} · {layers.get(path, '')}"
+                    label += f" (call {int(call) + 1})" if call else ""
                     sub.attr(label=label, style="rounded", color=MECHANISM_COLOURS[tags.LAYER], penwidth="1.5",
                              fontsize="10")
                 else:
@@ -810,7 +835,10 @@ def _lane_rows(at_step: dict, depth: Optional[int]) -> list[tuple[str, tuple]]:
             continue
         label, merged, n = rows.get(group, (group, [], 0))
         rows[group] = (label, merged + [m for m in mechanisms if m not in merged], n + 1)
-    return [(label if n == 1 and label in at_step else f"{label} ({n} layers)", tuple(m)) for label, m, n in rows.values()]
+    return [
+        (label if n == 1 and label in at_step else f"{label} ({n} layers)", tuple(mechanisms))
+        for label, mechanisms, n in rows.values()
+    ]
 
 
 def _step_lane(dot, rows: list) -> None:
@@ -831,16 +859,15 @@ def _step_lane(dot, rows: list) -> None:
 
 
 def _legend(dot, present: set) -> None:
-    """A cluster with one filled box per mechanism drawn, in :data:`MECHANISM_COLOURS` order."""
+    """One node, a table with a filled cell per mechanism drawn, in :data:`MECHANISM_COLOURS` order."""
     ordered = [m for m in MECHANISM_COLOURS if m in present] + sorted(present - set(MECHANISM_COLOURS))
-    with dot.subgraph(name="cluster legend") as legend:  # module paths never contain a space
-        legend.attr(label="biofx mechanisms", style="rounded", color="#777777", fontsize="11")
-        names = [f"legend {m}" for m in ordered]  # fx node names never contain a space
-        for name, mechanism in zip(names, ordered):
-            colour = MECHANISM_COLOURS.get(mechanism, OTHER_COLOUR)
-            legend.node(name, label=mechanism, style="rounded,filled", fillcolor=colour)
-        for first, second in zip(names, names[1:]):
-            legend.edge(first, second, style="invis")
+    rows = "".join(
+        f'<TR><TD BGCOLOR="{MECHANISM_COLOURS.get(m, OTHER_COLOUR)}" STYLE="ROUNDED">{html.escape(m)}</TD></TR>'
+        for m in ordered
+    )
+    frame = 'BORDER="1" STYLE="ROUNDED" COLOR="#777777" CELLBORDER="1" CELLSPACING="4" CELLPADDING="6"'
+    title = '<TR><TD BORDER="0"><FONT POINT-SIZE="11">biofx mechanisms</FONT></TD></TR>'
+    dot.node(LEGEND, label=f"<<TABLE {frame}>{title}{rows}</TABLE>>", shape="plaintext")
 
 
 # -- small helpers -------------------------------------------------------------------------
