@@ -13,9 +13,11 @@ the example input: random normal values for a floating dtype, random integers in
 ``[0, config.vocab_size)`` (else ``[0, 2)``) for an integer one; a Hugging Face model gets it
 as its main input (``input_ids=...``). With an example input, models ``torch.fx`` cannot
 trace are captured with ``torch.export``, lazy layers are initialized by one forward pass
-before the transform, and drawings show shapes. The config flags are generated from :class:`~biofx.BioConfig`'s fields: field
-``weight_splitting_Gamma`` is ``--weight-splitting-Gamma``, booleans take ``--flag`` /
-``--no-flag``, ``automatic`` a comma-separated list. ``--skip-split LAYER`` leaves a layer
+before the transform, and drawings show shapes. ``--depth N`` draws modules ``N`` levels deep
+as boxes (:func:`biofx.viz.draw`). The config flags are generated from
+:class:`~biofx.BioConfig`'s fields: field ``weight_splitting_Gamma`` is
+``--weight-splitting-Gamma``, booleans take ``--flag`` / ``--no-flag``, ``automatic`` a
+comma-separated list. ``--skip-split LAYER`` leaves a layer
 unsplit and ``--plain LAYER`` leaves it plain (both repeatable; a module name or ``re:PATTERN``,
 as in :class:`~biofx.ConfigMap`). User mistakes print one line to stderr and exit with status 2.
 """
@@ -290,16 +292,35 @@ def _load_file(name: str, spec: str) -> Any:
 _GAMMA_ERROR = re.compile(
     r"(?P<what>weight_splitting_Gamma .* of layer '(?P<layer>[^']+)' \(.*?\)\.) Choose a Γ that divides (?P<n>\d+), .*"
 )
+# the same for several layers: one line per layer, "'fc1' (Linear, 512 outputs, Γ=3)"
+_GAMMA_ERRORS = re.compile(
+    r"weight_splitting_Gamma must evenly divide .*? layers:\n(?P<layers>(?:  '.*\n)+)Choose a Γ .*", re.S
+)
+_GAMMA_LAYER = re.compile(r"  '(?P<layer>[^']+)' \((?P<kind>\w+), (?P<n>\d+) outputs, Γ=(?P<gamma>\d+)\)")
 
 
 def _command_line_fix(message: str) -> str:
-    """``message``, with the fix of a Γ error spelled as this command's flags instead of Python."""
+    """``message``, with the fix of a Γ error spelled as this command's flags instead of Python
+    (and on one line)."""
     match = _GAMMA_ERROR.fullmatch(message)
+    if match is not None:
+        return (
+            f"{match['what']} Choose a --weight-splitting-Gamma that divides {match['n']}, or leave the layer "
+            f"unsplit with --skip-split {match['layer']} (or plain with --plain {match['layer']})."
+        )
+    match = _GAMMA_ERRORS.fullmatch(message)
     if match is None:
         return message
+    layers = [m.groupdict() for m in _GAMMA_LAYER.finditer(match["layers"])]
+    names = ", ".join(f"{m['layer']} ({m['kind']}, {m['n']} outputs)" for m in layers)
+    counts = ", ".join(dict.fromkeys(m["n"] for m in layers))
+    gammas = ", ".join(dict.fromkeys(m["gamma"] for m in layers))
+    skips = " ".join(f"--skip-split {m['layer']}" for m in layers)
+    plains = " ".join(f"--plain {m['layer']}" for m in layers)
     return (
-        f"{match['what']} Choose a --weight-splitting-Gamma that divides {match['n']}, or leave the layer "
-        f"unsplit with --skip-split {match['layer']} (or plain with --plain {match['layer']})."
+        f"weight_splitting_Gamma ({gammas}) must evenly divide the number of features of every split layer; it does "
+        f"not for {len(layers)} layers: {names}. Choose a --weight-splitting-Gamma that divides {counts}, or leave "
+        f"them unsplit with {skips} (or plain with {plains})."
     )
 
 
