@@ -521,16 +521,20 @@ def test_resize_token_embeddings_keeps_the_head_bio(name):
     assert not torch.allclose(weight.detach() - before, -0.1 * grad)
 
 
+#: the Auto class that loads each model back, and its output layer
+AUTO = {"bert": "AutoModelForSequenceClassification", "gpt2": "AutoModelForCausalLM", "llama": "AutoModelForCausalLM"}
+HEADS = {"bert": "classifier", "gpt2": "lm_head", "llama": "lm_head"}
 SAVED = dict(seed=0, automatic=("fuzzy", "crystallize"), crystal_thresh=0.05, apply_dales_principle=True)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", list(HF))
 def test_save_pretrained_writes_the_bio_state_and_transform_plus_load_restores_it(name, tmp_path):
     """``save_pretrained`` writes ``state_dict()``, bio state included, in model.safetensors under
     the model's own class; ``from_pretrained`` gives the plain model (the bio keys are reported
     unexpected and ignored); ``biofx.transform`` with the same config, then ``load_state_dict``
     of the file, restores the bio model: weights (Dale's init redone by the transform is
-    overwritten), multipliers, counters, and training goes on as it would have."""
+    overwritten), multipliers, counters, and training goes on as it would have. ``strict=False``:
+    HF writes a tied weight once (GPT-2's ``lm_head.weight``), as for the plain model."""
     safetensors = pytest.importorskip("safetensors.torch")
     torch.manual_seed(0)
     bio = biofx.transform(HF[name](), **SAVED).train()
@@ -538,19 +542,20 @@ def test_save_pretrained_writes_the_bio_state_and_transform_plus_load_restores_i
     for _ in range(2):
         sgd_step(bio, data)
         bio.zero_grad()
-    assert any((layer.fuzzy_lr < layer.fuzzy_lr.max()).any() for layer in bio.bio_layers())
+    assert any((layer.fuzzy_lr < layer.fuzzy_lr.max()).any() for layer in bio.bio_layers())  # crystallized
     bio.save_pretrained(tmp_path)
     saved = safetensors.load_file(tmp_path / "model.safetensors")
-    tied = {"lm_head.weight"} if name == "gpt2" else set()  # HF writes a tied weight once
-    assert set(saved) == set(bio.state_dict()) - tied
-    assert {"lm_head.biofx_state.fuzzy_lr", "lm_head.biofx_state.step", "lm_head.dale_w_ei"} <= set(saved)
+    tied = ["lm_head.weight"] if name == "gpt2" else []
+    assert set(saved) == set(bio.state_dict()) - set(tied)
+    head = HEADS[name]
+    assert {f"{head}.biofx_state.fuzzy_lr", f"{head}.biofx_state.step", f"{head}.dale_w_ei"} <= set(saved)
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == [type(bio).__name__]
 
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    loaded = getattr(transformers, AUTO[name]).from_pretrained(tmp_path)
     assert type(loaded).__name__ == type(bio).__name__ and not isinstance(loaded, biofx.BioMethods)
     restored = biofx.transform(loaded, **SAVED).train()
     result = restored.load_state_dict(saved, strict=False)
-    assert sorted(result.missing_keys) == sorted(tied) and result.unexpected_keys == []
+    assert result.missing_keys == tied and result.unexpected_keys == []
     assert restored.state_dict().keys() == bio.state_dict().keys()
     for key, value in bio.state_dict().items():
         assert torch.equal(restored.state_dict()[key], value), key
@@ -577,103 +582,121 @@ def test_save_pretrained_of_the_plain_state_dict_loads_as_the_plain_model(tmp_pa
 
 
 class WeightsAtStepEnd(transformers.TrainerCallback):
-    """Records the lm_head weight after every optimizer step of a ``Trainer``."""
+    """Records a layer's weight after every optimizer step of a ``Trainer``."""
 
-    def __init__(self):
-        self.weights = []
+    def __init__(self, path):
+        self.path, self.weights = path, []
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.weights.append(model.lm_head.weight.detach().clone())
+        self.weights.append(model.get_submodule(self.path).weight.detach().clone())
 
 
-def train_with_trainer(model, output_dir):
+def train_with_trainer(model, name, output_dir):
+    """2 steps of the HF Trainer (its AdamW, linear schedule, gradient clipping) on 4 rows;
+    returns the head's weights after each step."""
     rows = ids(4, 8, seed=3).tolist()
-    data = [dict(input_ids=row, attention_mask=[1] * len(row), labels=row) for row in rows]
+    data = [dict(input_ids=row, attention_mask=[1] * len(row), labels=i % 2 if name == "bert" else row)
+            for i, row in enumerate(rows)]
     args = transformers.TrainingArguments(
         output_dir=str(output_dir), max_steps=2, per_device_train_batch_size=2, report_to=[], use_cpu=True,
         save_strategy="no", logging_strategy="no", learning_rate=1e-3, seed=0,
     )
-    record = WeightsAtStepEnd()
+    record = WeightsAtStepEnd(HEADS[name])
     transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[record]).train()
     return record.weights
 
 
-@pytest.mark.slow  # the Trainer's first start (accelerate) takes ~5 s on 2 CPU cores
-def test_trainer_trains_the_bio_model(tmp_path):
+@pytest.mark.parametrize("name", list(HF))
+def test_trainer_trains_the_bio_model(name, tmp_path):
     """The Trainer's AdamW (inside accelerate's wrapper) steps through the global optimizer
-    hooks: every bio layer counts 2 steps, and the first update is the plain run's times f."""
+    hooks: every bio layer counts 2 steps, and the first update is the plain run's times f
+    (same seed: same data order and dropout masks)."""
     torch.manual_seed(0)
-    model, bio = pair(tiny_llama(), fuzzy_lr_distribution="uniform")
-    start = model.lm_head.weight.detach().clone()
-    plain = train_with_trainer(model, tmp_path / "plain")
-    weights = train_with_trainer(bio, tmp_path / "bio")
-    assert [layer.steps.value for layer in bio.bio_layers()] == [2] * HF_LAYERS["llama"]
-    f = bio.lm_head.bio_state.fuzzy_lr
+    model, bio = pair(HF[name](), fuzzy_lr_distribution="uniform")
+    start = model.get_submodule(HEADS[name]).weight.detach().clone()
+    plain = train_with_trainer(model, name, tmp_path / "plain")
+    weights = train_with_trainer(bio, name, tmp_path / "bio")
+    assert [layer.steps.value for layer in bio.bio_layers()] == [2] * HF_LAYERS[name]
+    f = bio.get_submodule(HEADS[name]).bio_state.fuzzy_lr
     torch.testing.assert_close(weights[0] - start, f * (plain[0] - start), rtol=1e-4, atol=1e-8)
     assert not torch.allclose(weights[1], plain[1])
 
 
 # -- PEFT (LoRA) ----------------------------------------------------------------------------
+#: LoRA's target modules by model (GPT-2's c_attn is a Conv1D, stored [in, out]: fan_in_fan_out)
+LORA_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
 
 
-def lora(model, **kwargs):
+def lora(model, name, **kwargs):
     peft = pytest.importorskip("peft")
-    return peft.get_peft_model(model, peft.LoraConfig(target_modules=["q_proj", "v_proj"], r=4, **kwargs))
+    config = peft.LoraConfig(target_modules=LORA_TARGETS[name], r=4, fan_in_fan_out=name == "gpt2", **kwargs)
+    return peft.get_peft_model(model, config)
 
 
-def lora_layers(peft_model):
-    return {name: m for name, m in peft_model.named_modules() if name.endswith("q_proj") or name.endswith("v_proj")}
+def lora_layers(peft_model, name):
+    """PEFT's LoRA layers by path."""
+    return {
+        path: m for path, m in peft_model.named_modules() if any(path.endswith(t) for t in LORA_TARGETS[name])
+    }
 
 
-def test_lora_on_a_bio_model_keeps_the_base_layers_bio():
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")  # GPT-2's head, as plain
+@pytest.mark.parametrize("name", list(HF))
+def test_lora_on_a_bio_model_keeps_the_base_layers_bio(name, tmp_path):
     """``get_peft_model(bio)``: PEFT wraps the bio layers (``base_layer``) and freezes them; the
     LoRA factors are new plain Linears (listed plain, said once at the step); the frozen base
-    layers take no step. A layer PEFT trains as a copy (``modules_to_save``) stays bio."""
+    layers take no step. A layer PEFT trains as a copy (``modules_to_save``) stays bio and its
+    update carries f. The adapter saves and loads onto a bio model with PEFT's own calls."""
+    peft = pytest.importorskip("peft")
     torch.manual_seed(0)
-    model = tiny_llama()
+    model = HF[name]()
     bio = biofx.transform(copy.deepcopy(model), seed=0)
-    tuned = lora(bio, modules_to_save=["lm_head"])
+    tuned = lora(bio, name, modules_to_save=[HEADS[name]])
     assert tuned.base_model.model is bio
-    wrapped = lora_layers(tuned)
-    assert len(wrapped) == 4
+    wrapped = lora_layers(tuned, name)
+    assert len(wrapped) == 4 if name != "gpt2" else 2
     for module in wrapped.values():
         assert isinstance(module.base_layer, biofx.BioLayer) and not module.base_layer.weight.requires_grad
         assert type(module.lora_A["default"]) is nn.Linear and type(module.lora_B["default"]) is nn.Linear
     plain = dict(bio.bio_report.plain)
-    assert len(plain) == 8 and all("appeared after biofx.transform" in why for why in plain.values())
-    head = bio.lm_head.modules_to_save["default"]  # PEFT's trainable copy of the bio head
-    assert isinstance(head, biofx.BioLayer) and head.bio_state is not bio.lm_head.original_module.bio_state
-    # LoRA is effective: B (zero at first) gets gradients, and a nonzero B changes the output
-    x = ids()
-    tuned.eval()
-    with tuned.disable_adapter():
-        base = tuned(input_ids=x).logits
-    assert torch.equal(tuned(input_ids=x).logits, base)
+    assert len(plain) == 2 * len(wrapped) and all("appeared after biofx.transform" in why for why in plain.values())
+    saved = bio.get_submodule(HEADS[name])
+    head = saved.modules_to_save["default"]  # PEFT's trainable copy of the bio head
+    assert isinstance(head, biofx.BioLayer) and head.bio_state is not saved.original_module.bio_state
+    # LoRA is effective: B (zero at first) gets gradients, then the layer's output is not its base layer's
+    path, layer = next(iter(wrapped.items()))
+    h = torch.randn(3, layer.base_layer.weight.shape[0 if name == "gpt2" else 1])  # Conv1D: [in, out]
+    assert torch.equal(layer(h), layer.base_layer(h))
     tuned.train()
     head_before = head.weight.detach().clone()
     frozen = {n: p.detach().clone() for n, p in bio.named_parameters() if not p.requires_grad}
     with pytest.warns(RuntimeWarning, match=r"lora_[AB]\.default' \(Linear\) was put into the model after") as said:
-        grads = sgd_step(tuned, batch("llama"))
-    assert len(said) == 8  # once per LoRA factor
-    for name in wrapped:
-        assert grads[f"{name}.lora_B.default.weight"].abs().sum() > 0
-    tuned.eval()
-    assert not torch.allclose(tuned(input_ids=x).logits, base)
+        grads = sgd_step(tuned, batch(name))
+    assert len(said) == 2 * len(wrapped)  # once per LoRA factor
+    assert all(grads[f"{p}.lora_B.default.weight"].abs().sum() > 0 for p in wrapped)
+    assert not torch.allclose(layer(h), layer.base_layer(h))
     # the frozen base layers are skipped by biofx; the trainable head copy's update carries f
     assert all(torch.equal(p, frozen[n]) for n, p in bio.named_parameters() if not p.requires_grad)
-    assert bio.lm_head.original_module.bio_state.steps.value == 0 and head.bio_state.steps.value == 1
-    update = head.weight.detach() - head_before
-    grad = grads["base_model.model.lm_head.modules_to_save.default.weight"]
-    torch.testing.assert_close(update, -0.1 * grad * head.bio_state.fuzzy_lr)
+    assert saved.original_module.bio_state.steps.value == 0 and head.bio_state.steps.value == 1
+    grad = grads[f"base_model.model.{HEADS[name]}.modules_to_save.default.weight"]
+    torch.testing.assert_close(head.weight.detach() - head_before, -0.1 * grad * head.bio_state.fuzzy_lr)
+    # the adapter, saved by PEFT, loads onto another bio model
+    tuned.save_pretrained(tmp_path)
+    again = peft.PeftModel.from_pretrained(biofx.transform(copy.deepcopy(model), seed=0), tmp_path)
+    loaded = again.get_submodule(path)
+    assert isinstance(loaded.base_layer, biofx.BioLayer)
+    assert torch.equal(loaded.lora_B["default"].weight, layer.lora_B["default"].weight)
 
 
-def test_transform_of_a_peft_model_converts_the_lora_factors_too():
+def test_transform_of_a_peft_model_converts_the_lora_factors_too(tmp_path):
     """``biofx.transform(get_peft_model(m))``: the LoRA factors are plain Linears then, so they
     are converted with the base layers; the zero-initialized B keeps the model's outputs, and
-    f scales the factors' updates. A ConfigMap leaves the factors plain."""
+    f scales the factors' updates. PEFT saves the factors' bio state with the adapter. A
+    ConfigMap leaves the factors plain."""
+    peft = pytest.importorskip("peft")
     torch.manual_seed(0)
     model = tiny_llama()
-    tuned = lora(copy.deepcopy(model))
+    tuned = lora(copy.deepcopy(model), "llama")
     reference = copy.deepcopy(tuned).eval()
     bio = biofx.transform(tuned, fuzzy_lr_distribution="uniform", seed=0)
     converted = [layer.name for layer in bio.bio_report.converted]
@@ -691,8 +714,14 @@ def test_transform_of_a_peft_model_converts_the_lora_factors_too():
     grad = sgd_step(bio, batch("llama"))["base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"]
     torch.testing.assert_close(lora_b.weight.detach(), -0.1 * grad * lora_b.bio_state.fuzzy_lr)  # B was 0
     assert q_proj.base_layer.bio_state.steps.value == 0 and lora_b.bio_state.steps.value == 1
+    # PEFT's adapter file holds the factors' bio state; PEFT's own load restores it
+    bio.save_pretrained(tmp_path)
+    again = biofx.transform(lora(copy.deepcopy(model), "llama"), fuzzy_lr_distribution="uniform", seed=0)
+    peft.set_peft_model_state_dict(again, peft.load_peft_weights(str(tmp_path)))
+    loaded_b = again.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"]
+    assert torch.equal(loaded_b.weight, lora_b.weight) and loaded_b.bio_state.steps.value == 1
 
-    factors_plain = biofx.transform(lora(copy.deepcopy(model)), ConfigMap({"re:.*lora_[AB].*": None}), seed=0)
+    factors_plain = biofx.transform(lora(copy.deepcopy(model), "llama"), ConfigMap({"re:.*lora_[AB].*": None}), seed=0)
     plain = dict(factors_plain.bio_report.plain)
     assert len(plain) == 8 and all("left plain by ConfigMap" in why for why in plain.values())
     assert len(factors_plain.bio_report.converted) == HF_LAYERS["llama"]
@@ -858,7 +887,11 @@ def _shared(model):
     return {key for key, group in names.items() if len(group) > 1}
 
 
-@pytest.mark.parametrize("name", list(MATRIX))
+#: matrix entries over ~5 s on 2 CPU cores
+SLOW = {"mobilenetv2"}  # 52 convolutions
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MATRIX])
 def test_model_matrix(name):
     torch.manual_seed(0)
     model, inputs = MATRIX[name]()
