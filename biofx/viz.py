@@ -320,7 +320,16 @@ def _model_graph(bio: nn.Module, example_inputs: Any) -> tuple[Optional[fx.Graph
         )
     from .capture import export_graph
 
-    captured = export_graph(bio, example_inputs)
+    # in eval mode: in training mode an activity probe's update (under no_grad) is exported as
+    # a node of its own beside the layer's call, which would draw it twice and, when run for
+    # the shapes, count the example in the real buffers
+    modes = [(module, module.training) for module in bio.modules()]
+    bio.eval()
+    try:
+        captured = export_graph(bio, example_inputs)
+    finally:
+        for module, training in modes:
+            module.training = training
     return captured.gm, bio, captured.label
 
 

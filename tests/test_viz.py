@@ -333,6 +333,19 @@ def test_a_model_fx_cannot_trace_is_captured_with_its_keyword_inputs():
     assert not any("biofx_" in attrs["label"] for attrs, _ in nodes.values())  # no internal module drawn
 
 
+def test_drawing_a_model_captured_for_it_leaves_modes_and_state_alone():
+    bio = biofx.transform(Tokens(), synaptic_scaling_gamma=0.01, automatic=("fuzzy", "scaling"), seed=0)
+    bio.train()
+    bio.proj.eval()
+    before = {k: v.clone() for k, v in bio.state_dict().items()}
+    g = viz.to_networkx(bio, _tokens())
+    assert all(torch.equal(before[k], v) for k, v in bio.state_dict().items())  # no activity counted
+    assert bio.training and not bio.proj.training and bio.head.training
+    probes = [n for n, d in g.nodes(data=True) if d["biofx"] and d["biofx"]["mechanism"] == "activity"]
+    assert probes == ["proj.biofx_state", "head.biofx_state"]
+    assert not [n for n in g if "biofx_state" in n and n not in probes]  # the probes' buffers: inside them
+
+
 def test_a_graph_exported_at_transform_is_reused_when_the_inputs_fit(monkeypatch):
     inputs = _tokens()
     bio = biofx.transform(Tokens(), example_inputs=inputs, seed=0)
