@@ -1,7 +1,9 @@
 """Tests for ``biofx.demo`` (and the grid of ``tools/reproduce.py``, which shares its loop)."""
 
+import argparse
 import contextlib
 import copy
+import dataclasses
 import importlib.util
 import io
 import json
@@ -9,6 +11,8 @@ import logging
 import math
 import shutil
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ import torch
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
-from biofx import demo  # noqa: E402
+from biofx import BioConfig, demo, tiered_compile  # noqa: E402
 
 EPOCHS, SEEDS, BATCH = 2, 2, 64
 STEPS_PER_EPOCH = math.ceil(1437 / BATCH)  # 1437 training rows in the fixed split
@@ -142,14 +146,34 @@ def test_table_is_printed(demo_run):
         (["--lr", "nan"], "--lr"),
         (["--batch-size", "0"], "--batch-size"),
         (["--momentum", "1.5"], "--momentum"),
+        (["--rejuvenate-every", "-1"], "--rejuvenate-every"),
         (["--no-such-flag"], "--no-such-flag"),
     ],
 )
 def test_bad_flags_exit_2(argv, flag, capsys):
-    with pytest.raises(SystemExit) as exc:
-        demo.main(argv)
-    assert exc.value.code == 2
-    assert flag in capsys.readouterr().err
+    assert demo.main(argv) == 2
+    err = capsys.readouterr().err
+    assert flag in err
+    assert err.startswith("biofx demo: error: ") and err.count("\n") == 1  # one line, no usage block
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "0"], ["--no-such-flag"], ["--momentum", "x"]])
+def test_cli_demo_errors_are_one_line(argv, capsys):
+    from biofx import cli
+
+    assert cli.main(["demo"] + argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("biofx demo: error: ") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_cli_demo_missing_extra_is_one_line(monkeypatch, tmp_path, capsys):
+    from biofx import cli
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    assert cli.main(["demo", "--epochs", "1", "--seeds", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == 'biofx demo: error: the biofx demo needs scikit-learn: pip install "biofx[demo]"\n'
 
 
 def test_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
@@ -277,24 +301,29 @@ def _runs(first_epochs, finals, threshold=0.9):
 def test_verdict_faster_and_lower():
     plain = _runs([6, 7, 7], [0.970, 0.969, 0.971])
     bio = _runs([3, 3, 3], [0.930, 0.940, 0.935])
-    expected = "bio reached 90 % in 3.0 epochs vs 6.7 (faster); final accuracy 0.935 vs 0.970 (lower)"
+    expected = (
+        "bio reached 90 % in 3.0 epochs vs 6.7 (fewer epochs); final accuracy 0.935 vs 0.970 (lower); "
+        "wall time 1.0 s vs 1.0 s per run (about the same)"
+    )
     assert demo.verdict(plain, bio) == expected
     flipped = demo.verdict(bio, plain)
-    assert flipped == "bio reached 90 % in 6.7 epochs vs 3.0 (slower); final accuracy 0.970 vs 0.935 (higher)"
+    assert flipped.startswith(
+        "bio reached 90 % in 6.7 epochs vs 3.0 (more epochs); final accuracy 0.970 vs 0.935 (higher);"
+    )
 
 
 def test_verdict_about_the_same_within_the_interval_or_the_resolution():
     # paired epoch differences +1, -1, 0 and accuracy differences within ±0.003: the CI holds 0
     plain = _runs([5, 6, 7], [0.960, 0.965, 0.970])
     bio = _runs([6, 5, 7], [0.963, 0.962, 0.970])
-    assert demo.verdict(plain, bio).count("(about the same)") == 2
+    assert demo.verdict(plain, bio).count("(about the same)") == 3  # the wall times are equal too
     # one seed: no interval, so differences under the resolution are "about the same"
     one = demo.verdict(_runs([6], [0.960]), _runs([6], [0.966]))
-    assert one == (
-        "bio reached 90 % in 6.0 epochs vs 6.0 (about the same); final accuracy 0.966 vs 0.960 (about the same)"
+    assert one.startswith(
+        "bio reached 90 % in 6.0 epochs vs 6.0 (about the same); final accuracy 0.966 vs 0.960 (about the same);"
     )
     one = demo.verdict(_runs([6], [0.96]), _runs([5], [0.98]))
-    assert one.endswith("(faster); final accuracy 0.980 vs 0.960 (higher)")
+    assert "(fewer epochs); final accuracy 0.980 vs 0.960 (higher);" in one
     # a consistent but noisy difference whose 95 % CI reaches 0 is not called
     assert demo.judge([-3.0, 1.0], 1.0, "faster", "slower") == "about the same"
     assert demo.judge([-3.0, -3.0, -2.0], 1.0, "faster", "slower") == "faster"
@@ -304,11 +333,158 @@ def test_verdict_when_thresholds_are_missed():
     never = _runs([None, None], [0.8, 0.8])
     assert demo.verdict(never, never).startswith("neither reached 90 %;")
     bio_only = demo.verdict(_runs([None, None], [0.8, 0.8]), _runs([4, None], [0.91, 0.85]))
-    assert bio_only.startswith("bio reached 90 % in 4.0 epochs (1/2 seeds), plain did not (faster);")
+    assert bio_only.startswith("bio reached 90 % in 4.0 epochs (1/2 seeds), plain did not;")
     plain_only = demo.verdict(_runs([4, 5], [0.91, 0.92]), _runs([None, None], [0.8, 0.8]))
-    assert plain_only.startswith("bio did not reach 90 %, plain did in 4.5 epochs (slower);")
+    assert plain_only.startswith("bio did not reach 90 %, plain did in 4.5 epochs;")
     partial = demo.verdict(_runs([5, 6, 5], [0.95] * 3), _runs([2, None, 2], [0.95, 0.85, 0.95]))
-    assert partial.startswith("bio reached 90 % in 2.0 epochs (2/3 seeds) vs 5.3 (faster)")
+    assert partial.startswith("bio reached 90 % in 2.0 epochs (2/3 seeds) vs 5.3 (fewer epochs)")
+
+
+def _timed(runs, wall, compile_s=None):
+    return [dataclasses.replace(run, wall_time_s=wall, compile_s=compile_s) for run in runs]
+
+
+def test_verdict_says_faster_or_slower_by_the_wall_time_column():
+    """Issue 23: the verdict said "faster" (it meant fewer epochs) next to a 9x wall time."""
+    plain = _timed(_runs([6, 7, 7], [0.97] * 3), 1.0)
+    bio = _timed(_runs([3, 3, 3], [0.97] * 3), 9.0)
+    line = demo.verdict(plain, bio)
+    assert "faster" not in line and "(fewer epochs)" in line
+    assert line.endswith("wall time 9.0 s vs 1.0 s per run (9.0x slower)")
+    assert demo.verdict(bio, plain).endswith("wall time 1.0 s vs 9.0 s per run (9.0x faster)")
+    assert demo.verdict(plain, _timed(bio, 1.05)).endswith("wall time 1.1 s vs 1.0 s per run (about the same)")
+
+
+def test_table_and_verdict_say_when_the_bio_time_includes_a_compile():
+    plain = _timed(_runs([6], [0.97]), 2.0)
+    bio = _timed(_runs([5], [0.97]), 18.0, compile_s=16.0)
+    line = demo.verdict(plain, bio)
+    assert line.endswith(
+        "wall time 18.0 s vs 2.0 s per run (9.0x slower; bio's includes a one-off compile of the fused kernels, "
+        "about 16.0 s: 2.0 s without it)"
+    )
+    table = demo.format_table({"plain": demo.summarize(plain), "bio": demo.summarize(bio)})
+    bio_row = next(row for row in table.splitlines() if row.startswith("bio"))
+    assert bio_row.endswith("18.0 s (with compile, 16.0 s)")
+    assert demo.COMPILE_NOTE in table
+    assert demo.COMPILE_NOTE not in demo.format_table({"plain": demo.summarize(plain)})
+    three = demo.summarize(_timed(_runs([5, 5], [0.97] * 2), 9.0) + bio)  # one of three seeds compiled
+    assert demo.format_table({"bio": three}).splitlines()[1].endswith("12.0 s (1/3 with compile, 16.0 s)")
+
+
+def _tiny_digits():
+    full = demo.load_digits_split()
+    return demo.Digits(full.x_train[:96], full.y_train[:96], full.x_val[:32], full.y_val[:32])
+
+
+def test_train_records_a_compile_in_its_timed_loop(monkeypatch):
+    """A first compile of the fused kernels (tiered_compile announces it) inside the timed loop is
+    recorded with the seconds it added: that epoch's time less the others' median."""
+    monkeypatch.setitem(tiered_compile._STATE, "announced", False)
+    data, steps = _tiny_digits(), []
+    torch.manual_seed(0)
+    model = demo.build_model("mlp")
+
+    def compile_at_step_4():  # the first step of epoch 2 (3 steps per epoch) stalls as a compile does
+        steps.append(None)
+        if len(steps) == 4:
+            tiered_compile._STATE["announced"] = True
+            time.sleep(0.5)
+
+    with demo.single_thread():
+        run = demo.train(model, data, epochs=3, lr=0.03, batch_size=32, seed=0, before_step=compile_at_step_4)
+        assert run.compile_s == pytest.approx(0.5, abs=0.2) and run.compile_s < run.wall_time_s
+        assert run.to_dict()["compile_s"] == run.compile_s
+        # compiled already in this process: the next run pays nothing and records nothing
+        assert demo.train(model, data, epochs=2, lr=0.03, batch_size=32, seed=0).compile_s is None
+
+
+def test_train_records_the_epoch_weights_went_nan():
+    data, steps = _tiny_digits(), []
+    torch.manual_seed(0)
+    model = demo.build_model("mlp")
+
+    def poison_at_step_4():
+        steps.append(None)
+        if len(steps) == 4:
+            model[0].weight.data[0, 0] = float("nan")
+
+    with demo.single_thread():
+        run = demo.train(model, data, epochs=3, lr=0.03, batch_size=32, seed=0, before_step=poison_at_step_4)
+    assert run.diverged_at == 2 and run.to_dict()["diverged_at"] == 2
+
+
+def test_setup_note_for_rejuvenation_every_step_under_momentum_or_adam():
+    note = demo.setup_note(demo.PAPER_CONFIG, momentum=0.9)
+    assert note.startswith("note: bio rejuvenates weights at every step under SGD with momentum 0.9;")
+    assert "--rejuvenate-every 50" in note and "--momentum 0" in note and "\n" not in note
+    assert "under Adam" in demo.setup_note(demo.PAPER_CONFIG, momentum=0.0, optimizer="adam")
+    assert demo.setup_note(demo.PAPER_CONFIG, momentum=0.0) is None
+    assert demo.setup_note(demo.PAPER_CONFIG.replace(rejuvenate_every=50), momentum=0.9) is None
+
+
+def test_collapse_note_names_the_collapse_and_the_fix():
+    plain = _runs([2, 2], [0.975, 0.975])
+    nan = [dataclasses.replace(run, diverged_at=4) for run in _runs([None, None], [0.1, 0.1])]
+    note = demo.collapse_note(plain, nan, demo.PAPER_CONFIG, momentum=0.9)
+    assert note.startswith(
+        "note: the bio run collapsed (seeds 0, 1: weights NaN or infinite from epoch 4; final accuracy 0.100 vs "
+        "plain's 0.975, chance 0.100); rejuvenation at every step under SGD with momentum 0.9"
+    )
+    assert "--rejuvenate-every 50" in note and "\n" not in note
+    chance = demo.collapse_note(plain, _runs([None, 3], [0.1, 0.95]), demo.PAPER_CONFIG, momentum=0.0)
+    assert "(seed 0: it ended at chance;" in chance and chance.endswith("try a smaller --lr")
+    assert demo.collapse_note(plain, _runs([3, 3], [0.95, 0.96]), demo.PAPER_CONFIG, momentum=0.9) is None
+
+
+def _quick_main(argv, tmp_path, monkeypatch):
+    """``main`` for one epoch of one seed, without drawing the graph; ``(code, stdout, warnings)``."""
+    monkeypatch.setattr(demo, "draw_bio_graph", lambda *args, **kwargs: None)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        base = ["--epochs", "1", "--seeds", "1", "--batch-size", "64", "--no-progress", "--out", str(tmp_path)]
+        code = demo.main(base + argv)
+    return code, stdout.getvalue(), caught
+
+
+def test_momentum_with_rejuvenation_every_step_prints_a_note(tmp_path, monkeypatch):
+    """Issue 23: `biofx demo --momentum 0.9` collapsed silently; now it says so, and the fix, in one line."""
+    code, out, caught = _quick_main(["--momentum", "0.9"], tmp_path, monkeypatch)
+    assert code == 0
+    note = demo.setup_note(demo.PAPER_CONFIG, 0.9)
+    assert out.splitlines()[1] == note  # under the header, before training
+    assert out.count("note: bio rejuvenates") == 1
+    # said once, in the demo's terms: the library's warning of the same is not repeated
+    assert not any("rejuvenation at every step" in str(w.message) for w in caught)
+    assert note in json.loads((tmp_path / "results.json").read_text())["notes"]
+
+
+def test_rejuvenate_every_sets_the_bio_config(tmp_path, monkeypatch):
+    code, out, _ = _quick_main(["--momentum", "0.9", "--rejuvenate-every", "50"], tmp_path, monkeypatch)
+    assert code == 0 and "note:" not in out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["bio_config"]["rejuvenate_every"] == 50 and results["notes"] == []
+    assert results["bio"] == "fuzzy ν=0.09, rejuvenation d_re=14 every 50 steps, Γ=2"
+
+
+def test_describe_names_the_mechanisms_on():
+    assert demo.describe(demo.PAPER_CONFIG) == "fuzzy ν=0.09, rejuvenation d_re=14 every step, Γ=2"
+    config = BioConfig(automatic=("fuzzy", "volume", "crystallize"), weight_splitting_Gamma=2)
+    assert demo.describe(config) == "fuzzy ν=0.16, volume, crystallize, Γ=2"
+    assert demo.describe(BioConfig(automatic=())) == "no mechanism on"
+
+
+def test_learning_curves_legend_names_the_bio_config(demo_run):
+    args = argparse.Namespace(model="mlp", lr=0.03, momentum=0.0, seeds=1)
+    runs = {"plain": [demo.RunResult(0, [0.5, 0.9], 1.0)], "bio": [demo.RunResult(0, [0.6, 0.92], 1.0)]}
+    figure = demo.learning_curves_figure(runs, demo.PAPER_CONFIG, args)
+    (ax,) = figure.axes
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels == ["plain", "bio (fuzzy ν=0.09, rejuvenation d_re=14 every step, Γ=2)"]
+    # the demo's run names it too: in results.json and in the header
+    assert _results(demo_run)["bio"] == demo.describe(demo.PAPER_CONFIG)
+    assert demo_run["stdout"].splitlines()[0].endswith(f"bio: {demo.describe(demo.PAPER_CONFIG)}")
 
 
 def test_demo_prints_the_verdict_and_explains_the_table(demo_run):
