@@ -153,7 +153,7 @@ def test_weight_splitting_skips_the_models_last_layer():
     gate_a, head = bio.gate.a(x), bio.head(x)
     assert torch.equal(gate_a[:, 0::2], gate_a[:, 1::2])  # each member of a group gets the group's sum
     assert not torch.equal(head[:, 0::2], head[:, 1::2])
-    message = r"features \(8\) of layer .body\.fc1.*mark_skip_weight_splitting\(model\.body\.fc1\)"
+    message = r"(?s)'body\.fc1' \(Linear, 8 outputs, Γ=3\).*mark_skip_weight_splitting\(model\.body\.fc1\)"
     with pytest.raises(ValueError, match=message):
         biofx.transform(Branchy(width=8), weight_splitting_Gamma=3)
 
@@ -344,7 +344,9 @@ def test_dale_on_hf_conv1d_constrains_input_rows():
 
 
 def test_weight_splitting_error_names_the_full_path():
-    with pytest.raises(ValueError, match=r"\(37\) of layer .encoder\.layer\.0\.intermediate\.dense."):
+    message = r"(?s)'encoder\.layer\.0\.intermediate\.dense' \(Linear, 37 outputs, Γ=2\).*" \
+              r"mark_skip_weight_splitting\(model\.encoder\.layer\[0\]\.intermediate\.dense\)"
+    with pytest.raises(ValueError, match=message):
         biofx.transform(tiny_bert(intermediate=37), weight_splitting_Gamma=2)
 
 
