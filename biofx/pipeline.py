@@ -244,11 +244,19 @@ def bio_class(base: type, *, root: bool = False, layer: bool = False) -> type:
         attrs = {
             "__module__": base.__module__ if not layer else BioLayer.__module__,
             "__qualname__": name,
+            "__new__": _new_plain,
             "__reduce_ex__": reduce_converted,
             "_biofx_key": key,
         }
         cls = _CLASSES[key] = type(name, (*mixins, base), attrs)
     return cls
+
+
+def _new_plain(cls, *args: Any, **kwargs: Any) -> nn.Module:
+    """Constructing a converted class (``type(bio)(config)``, Hugging Face's
+    ``type(bio).from_pretrained(path)``) builds a plain instance of the original class: only
+    ``biofx.transform`` makes a model bio, with its plan and state."""
+    return cls._biofx_key[0](*args, **kwargs)
 
 
 def reduce_converted(module: nn.Module, protocol: int = 2) -> tuple:
@@ -263,4 +271,4 @@ def reduce_converted(module: nn.Module, protocol: int = 2) -> tuple:
 def _rebuild(base: type, root: bool, layer: bool) -> nn.Module:
     """Unpickle a converted module: an empty instance; pickle then restores its state."""
     cls = bio_class(base, root=root, layer=layer)
-    return cls.__new__(cls)
+    return object.__new__(cls)  # not cls(): that builds a plain instance (_new_plain)

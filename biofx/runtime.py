@@ -177,26 +177,37 @@ def _names(names: list) -> str:
 
 
 def _report_new_layers(position: dict) -> None:
-    """Warn (once per layer) when the optimizer steps a plain layer of a known kind that was put
-    into a transformed model after the transform (``model.fc = nn.Linear(...)``)."""
+    """Warn (once per layer, one warning per model) when the optimizer steps plain layers of a
+    known kind that were put into a transformed model after the transform (``model.fc =
+    nn.Linear(...)``, PEFT's LoRA factors)."""
     for model in list(_MODELS):
-        for path in model.unconverted_new_layers():
-            layer = model.get_submodule(path)
-            key = (id(model), path)
-            if key in _NEW_REPORTED or id(getattr(layer, "weight", None)) not in position:
-                continue
-            _NEW_REPORTED.add(key)
-            replaced = path in model.__dict__.get("_biofx_plans", {})
+        new = [
+            path
+            for path in model.unconverted_new_layers()
+            if (id(model), path) not in _NEW_REPORTED
+            and id(getattr(model.get_submodule(path), "weight", None)) in position
+        ]
+        if not new:
+            continue
+        _NEW_REPORTED.update((id(model), path) for path in new)
+        plans = model.__dict__.get("_biofx_plans", {})
+        if all(path in plans for path in new):
+            one = "it" if len(new) == 1 else "them"
+            fix = f"call bio.convert_replaced_layers() to convert {one} with the config of the layer it replaced"
+        else:
             fix = (
-                "call bio.convert_replaced_layers() to convert it with the config of the layer it replaced"
-                if replaced
-                else "transform the model after adding it"
+                "biofx.transform converts a model once: add layers before it (with PEFT: "
+                "biofx.transform(get_peft_model(model)), or leave the adapters plain on purpose)"
             )
-            warn_user(
-                f"biofx: layer {path!r} ({type(layer).__name__}) was put into the model after biofx.transform and "
-                f"trains without the bio mechanisms; {fix}",
-                RuntimeWarning,
-            )
+        if len(new) == 1:
+            what = f"layer {new[0]!r} ({type(model.get_submodule(new[0])).__name__}) was"
+        else:
+            what = f"layers {_names(new)} were"
+        warn_user(
+            f"biofx: {what} put into the model after biofx.transform and train{'s' * (len(new) == 1)} "
+            f"without the bio mechanisms; {fix}",
+            RuntimeWarning,
+        )
 
 
 def _report_undriven(optimizer: torch.optim.Optimizer, params: list, layers: list) -> None:

@@ -247,3 +247,15 @@ def test_pickled_bio_model_keeps_its_classes(tmp_path):
     x = torch.randn(2, 3, 6, 6)
     torch.testing.assert_close(other(x), bio(x))
     assert other.head.bio_state.layer is other.head
+
+
+def test_constructing_a_converted_class_builds_a_plain_model():
+    """Only biofx.transform makes a model bio: ``type(bio)(...)`` (as Hugging Face's
+    ``type(bio).from_pretrained`` does) gives the original class, not a half-made bio model."""
+    bio = biofx.transform(Net())
+    fresh = type(bio)()
+    assert type(fresh) is Net and not isinstance(fresh, biofx.BioMethods)
+    layer = type(bio.head)(8, 4)
+    assert type(layer) is nn.Linear
+    assert type(copy.deepcopy(bio)) is type(bio)  # copies and pickles stay bio
+    biofx.transform(fresh)  # and the plain model transforms
