@@ -152,16 +152,16 @@ def _report_setup(optimizer: torch.optim.Optimizer, position: dict, layers: list
         and any(id(getattr(layer.layer, name)) not in position for name in dale.INTERNEURON_PARAMS)
     ]
     reported = _SETUP_REPORTED.setdefault(optimizer, set())
-    if missing and "dann" not in reported:
-        reported.add("dann")
+    if missing and "interneurons" not in reported:
+        reported.add("interneurons")
         warn_user(
             f"biofx: this optimizer does not hold the DANN interneuron weights (dale_w_ei, dale_w_ie) of "
             f"{_names(missing)}, so they never train: build the optimizer after biofx.transform, which adds them",
             RuntimeWarning,
         )
     every_step = [layer.layer_name for layer in layers if layer.config.rejuvenate_every == 1]
-    if every_step and not is_plain_sgd(optimizer) and "rejuvenate" not in reported:
-        reported.add("rejuvenate")
+    if every_step and not is_plain_sgd(optimizer) and "every-step turnover" not in reported:
+        reported.add("every-step turnover")
         warn_user(
             f"biofx: rejuvenation at every step ({_names(every_step)}) with {type(optimizer).__name__} and momentum "
             "or adaptive state: re-drawn weights keep the optimizer state of the weights they replace, and "
