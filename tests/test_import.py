@@ -8,11 +8,14 @@ import pytest
 import biofx
 
 OPTIONAL = ("networkx", "matplotlib", "graphviz", "transformers", "torch._dynamo", "sklearn")
+# Parts of torch that biofx needs for sharded models only, costing more than the rest of biofx:
+# torch.distributed.tensor (about 0.5 s) pulls in symbolic_shapes and sympy.
+HEAVY_TORCH = ("torch.distributed.tensor", "torch.fx.experimental.symbolic_shapes", "sympy")
 
 
-def _modules_after(code: str) -> set[str]:
-    """The optional modules loaded by ``code`` in a fresh interpreter."""
-    probe = f"import sys\n{code}\nprint(' '.join(m for m in {OPTIONAL!r} if m in sys.modules))"
+def _modules_after(code: str, watched: tuple[str, ...] = OPTIONAL) -> set[str]:
+    """The ``watched`` modules loaded by ``code`` in a fresh interpreter."""
+    probe = f"import sys\n{code}\nprint(' '.join(m for m in {watched!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return set(result.stdout.split())
@@ -20,6 +23,8 @@ def _modules_after(code: str) -> set[str]:
 
 def test_import_biofx_loads_no_optional_dependency():
     assert _modules_after("import biofx") == set()
+    # nor the heavy parts of torch, beyond what ``import torch`` itself loads (none of them, on torch 2.13)
+    assert _modules_after("import biofx", HEAVY_TORCH) <= _modules_after("import torch", HEAVY_TORCH)
 
 
 def test_drawing_loads_networkx_on_first_use():
