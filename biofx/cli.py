@@ -21,25 +21,23 @@ import argparse
 import dataclasses
 import enum
 import importlib
+import importlib.metadata
 import os
 import re
 import sys
 import typing
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-import torch
-import torch.nn as nn
+# torch and the rest of biofx load inside the functions that need them, not with this module:
+# ``biofx --version`` answers without them (importing torch alone takes seconds).
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
 
-from . import zoo
-from . import __version__
-from .config import BioConfig, ConfigMap
-from .summary import summary
-from .transform import transform
-from .viz import FORMATS, draw
+    from .config import BioConfig, ConfigMap
 
-__all__ = ["main", "build_parser", "config_from_args"]
+__all__ = ["main", "build_parser", "config_from_args", "version"]
 
-_FIELDS = dataclasses.fields(BioConfig)
 EXAMPLES = """examples:
   biofx summary mlp --weight-splitting-Gamma 2 --apply-dales-principle
   biofx graph cnn -o cnn.svg --cluster --automatic fuzzy,volume
@@ -60,6 +58,9 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 user error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--version"]:  # as argparse would answer it, without building the parser
+        print(f"biofx {version()}")
+        return 0
     if argv[:1] == ["demo"]:  # everything after "demo" belongs to biofx.demo
         return _demo(argv[1:])
     parser = build_parser()
@@ -76,8 +77,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
 
+def version() -> str:
+    """The installed biofx's version, from its package metadata (``biofx.__version__`` without it)."""
+    try:
+        return importlib.metadata.version("biofx")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``biofx`` (one subcommand per action)."""
+    from . import zoo
+    from .viz import FORMATS
+
     zoo_models = f"zoo models: {', '.join(f'{name} ({entry.description})' for name, entry in zoo.MODELS.items())}"
     parser = _Parser(
         prog="biofx",
@@ -85,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"{EXAMPLES}\n\n{zoo_models}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"biofx {__version__}")
+    parser.add_argument("--version", action="version", version=f"biofx {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_parent = _Parser(add_help=False)
     model_parent.add_argument("model", metavar="MODEL", help="a zoo name or package.module:callable")
@@ -116,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Union[BioConfig, ConfigMap]:
     """The config the flags ask for: a :class:`BioConfig` (unset flags keep the defaults), or a
     :class:`ConfigMap` of it when ``--skip-split`` or ``--plain`` name layers."""
-    overrides = {f.name: getattr(args, f.name) for f in _FIELDS if getattr(args, f.name) is not None}
+    from .config import BioConfig, ConfigMap
+
+    fields = dataclasses.fields(BioConfig)
+    overrides = {f.name: getattr(args, f.name) for f in fields if getattr(args, f.name) is not None}
     config = BioConfig(**overrides)
     both = set(args.skip_split) & set(args.plain)
     if both:
@@ -129,6 +146,11 @@ def config_from_args(args: argparse.Namespace) -> Union[BioConfig, ConfigMap]:
 
 # -- subcommands -----------------------------------------------------------------------------
 def _graph(args: argparse.Namespace) -> int:
+    import torch
+
+    from .transform import transform
+    from .viz import draw
+
     model, example = _load_model(args.model)
     if args.input_shape is not None:
         example = torch.randn(args.input_shape)
@@ -141,6 +163,9 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
+    from .summary import summary
+    from .transform import transform
+
     model, _ = _load_model(args.model)
     print(summary(transform(model, config_from_args(args))))
     return 0
@@ -161,6 +186,10 @@ def _demo(argv: list[str]) -> int:
 # -- models ----------------------------------------------------------------------------------
 def _load_model(spec: str) -> tuple[nn.Module, Optional[torch.Tensor]]:
     """``(model, example input or None)`` for a zoo name or ``package.module:callable``."""
+    import torch.nn as nn
+
+    from . import zoo
+
     if ":" not in spec:
         if spec not in zoo.MODELS:
             raise UsageError(
@@ -221,10 +250,12 @@ def _shape(text: str) -> tuple[int, ...]:
 # -- config flags ----------------------------------------------------------------------------
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per BioConfig field, typed from the field's annotation; unset flags are ``None``."""
+    from .config import BioConfig
+
     group = parser.add_argument_group("BioConfig fields (see biofx.BioConfig; unset flags keep the default)")
     hints = typing.get_type_hints(BioConfig)
     doc = _field_docs()
-    for field in _FIELDS:
+    for field in dataclasses.fields(BioConfig):
         flag = "--" + field.name.replace("_", "-")
         default = field.default_factory() if field.default is dataclasses.MISSING else field.default
         kind = hints[field.name]
@@ -249,6 +280,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _show(value: Any) -> str:
+    import torch.nn as nn
+
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, tuple):
@@ -260,6 +293,8 @@ def _show(value: Any) -> str:
 
 def _field_docs() -> dict[str, str]:
     """``field -> its description`` from BioConfig's docstring, without reST markup."""
+    from .config import BioConfig
+
     text = BioConfig.__doc__ or ""
     docs = {}
     for match in re.finditer(r"^\s+(\w+): (.+?)(?=\n\s+\w+: |\n\s*\n|\Z)", text, re.M | re.S):

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 import biofx
+from biofx import cli
 
 OPTIONAL = ("networkx", "matplotlib", "graphviz", "transformers", "torch._dynamo", "sklearn")
 # Parts of torch that biofx needs for sharded models only, costing more than the rest of biofx:
@@ -34,6 +35,22 @@ def test_import_biofx_loads_no_optional_dependency():
     assert _modules_after(LOAD_ALL) == set()
     # nor the heavy parts of torch, beyond what ``import torch`` itself loads (none of them, on torch 2.13)
     assert _modules_after(LOAD_ALL, HEAVY_TORCH) <= _modules_after("import torch", HEAVY_TORCH)
+
+
+def test_version_does_not_import_torch():
+    """``biofx --version`` (``biofx.cli:main``) and ``python -m biofx --version`` answer without torch."""
+    probe = """
+import runpy, sys
+sys.argv = ["biofx", "--version"]
+try:
+    runpy.run_module("biofx", run_name="__main__", alter_sys=True)  # python -m biofx --version
+except SystemExit as exit_:
+    assert exit_.code == 0, exit_.code
+print("torch" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"biofx {cli.version()}", "False"]
 
 
 def test_drawing_loads_networkx_on_first_use():
