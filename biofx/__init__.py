@@ -7,30 +7,9 @@
 """
 
 import importlib
+import importlib.util
 import sys
-
-from .config import DEFAULT_BIO_CONFIG, BioConfig, ConfigMap, Distribution
-from .layers import LayerKind, register_layer_kind
-from .bio_layer import BioLayer
-from .model import BioMethods
-from .state import BioSynapses
-from .tracing import BioTracer, TraceError
-from .transform import TransformReport, transform
-# ``summary`` stays eager: the submodule of the same name would otherwise shadow the function
-# once anything imports ``biofx.summary`` (the module is cheap: it needs only biofx.model).
-from .summary import Summary, summary
-from .compat import BioConverter, bio_config, bio_converter, bio_module
-from . import hooks, kernels  # documented alias modules, attributes of biofx as they always were
-
-# The reference's module paths, as the migration guide imports them (``from biofx.bio_config
-# import BioConfig``): the modules of biofx.compat, registered under the top-level names.
-for _module in (bio_config, bio_converter, bio_module):
-    sys.modules[f"{__name__}.{_module.__name__.rpartition('.')[2]}"] = _module
-del _module
-
-# Public names whose modules load on first use: ``biofx.viz`` needs networkx, which alone
-# costs about as much as the rest of biofx. ``from biofx import draw`` works as before.
-_LAZY = {"to_networkx": "viz", "draw": "viz"}
+import types
 
 __version__ = "0.1.0"
 
@@ -56,14 +35,58 @@ __all__ = [
     "Summary",
 ]
 
+# ``import biofx`` loads nothing more, not even torch: each public name loads its module on first
+# use (``from biofx import transform`` works as before), so ``biofx --version`` answers at once
+# and ``biofx.draw`` alone pays for networkx. Public name -> the submodule that defines it:
+_LAZY = {
+    "BioConfig": "config",
+    "ConfigMap": "config",
+    "Distribution": "config",
+    "DEFAULT_BIO_CONFIG": "config",
+    "LayerKind": "layers",
+    "register_layer_kind": "layers",
+    "BioLayer": "bio_layer",
+    "BioMethods": "model",
+    "BioSynapses": "state",
+    "BioTracer": "tracing",
+    "TraceError": "tracing",
+    "transform": "transform",
+    "TransformReport": "transform",
+    "summary": "summary",
+    "Summary": "summary",
+    "BioConverter": "compat",
+    "to_networkx": "viz",
+    "draw": "viz",
+}
+
 
 def __getattr__(name: str):
-    if name not in _LAZY:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # a submodule (biofx.hooks, biofx.kernels, biofx.bio_config, ...), as when they loaded eagerly
+        value = importlib.import_module(f".{name}", __name__)
+    else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """The module type of ``biofx``: ``biofx.transform`` and ``biofx.summary`` stay the functions.
+
+    Loading a submodule sets it as an attribute of its package, and these two submodules have
+    the names of the functions they define (once they loaded eagerly, before anything else).
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if _LAZY.get(name) == name and isinstance(value, types.ModuleType):
+            return  # the submodule stays importable by its full name (sys.modules)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -1,6 +1,6 @@
 """``python -m biofx``: the :mod:`biofx.cli` command line."""
 
-from .cli import main
+from ._entry import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

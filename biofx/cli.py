@@ -40,13 +40,13 @@ import torch
 import torch.nn as nn
 
 from . import zoo
-from . import __version__
+from ._entry import version
 from .config import BioConfig, ConfigMap
 from .summary import summary
 from .transform import transform
 from .viz import FORMATS, MAX_NODES, draw
 
-__all__ = ["main", "build_parser", "config_from_args"]
+__all__ = ["main", "build_parser", "config_from_args", "version"]
 
 _FIELDS = dataclasses.fields(BioConfig)
 EXAMPLES = """examples:
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"{EXAMPLES}\n\n{zoo_models}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"biofx {__version__}")
+    parser.add_argument("--version", action="version", version=f"biofx {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_parent = _Parser(add_help=False)
     model_parent.add_argument(

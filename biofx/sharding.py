@@ -20,17 +20,16 @@ its fused kernel.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-try:
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-except ImportError:  # pragma: no cover - torch built without distributed
-    DTensor = None
+# ``torch.distributed.tensor`` is not imported here: it costs about half a second and pulls in
+# sympy. Only a model FSDP2 sharded holds a DTensor, and by then it is imported (see is_sharded);
+# the functions that need its placements import them, and run for shards only.
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,9 @@ class Layout:
 
 def is_sharded(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is a DTensor (a shard of a larger tensor on each rank)."""
-    return DTensor is not None and isinstance(tensor, DTensor)
+    # A DTensor exists only once torch.distributed.tensor is imported: look, do not import.
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
 
 
 def layout(weight: torch.Tensor, name: str = "weight") -> Optional[Layout]:
@@ -57,6 +58,9 @@ def layout(weight: torch.Tensor, name: str = "weight") -> Optional[Layout]:
     """
     if not is_sharded(weight):
         return None
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
     placements = tuple(weight.placements)
     sharded = [i for i, p in enumerate(placements) if isinstance(p, Shard)]
     if len(sharded) != 1 or placements[sharded[0]] != Shard(0) or not all(
@@ -93,6 +97,8 @@ def local_rows(tensor: torch.Tensor, where: Optional[Layout]) -> torch.Tensor:
 
 def shard_like(tensor: torch.Tensor, where: Layout) -> torch.Tensor:
     """A full tensor of the weight's shape (the same on every rank) as a DTensor sharded like it."""
+    from torch.distributed.tensor import DTensor
+
     return DTensor.from_local(
         tensor[where.rows].clone(), where.mesh, where.placements, shape=tensor.shape, stride=tensor.stride()
     )

@@ -1,6 +1,7 @@
 """The biofx command line: graph, summary and demo subcommands, config flags, error handling."""
 
 import dataclasses
+import importlib.metadata
 import subprocess
 import sys
 import types
@@ -324,11 +325,17 @@ def test_missing_command_is_one_line_with_a_help_hint(capsys):
 
 
 def test_version(capsys):
+    try:
+        installed = importlib.metadata.version("biofx")
+    except importlib.metadata.PackageNotFoundError:  # a source tree, not installed
+        installed = biofx.__version__
+    assert cli.version() == installed
     with pytest.raises(SystemExit) as exit_:
         cli.build_parser().parse_args(["--version"])
     assert exit_.value.code == 0
-    assert capsys.readouterr().out == f"biofx {biofx.__version__}\n"
+    assert capsys.readouterr().out == f"biofx {installed}\n"
     assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"biofx {installed}\n"
 
 
 def test_help_shows_runnable_examples(tmp_path, monkeypatch, capsys):

@@ -6,20 +6,51 @@ import sys
 import pytest
 
 import biofx
+from biofx import cli
 
 OPTIONAL = ("networkx", "matplotlib", "graphviz", "transformers", "torch._dynamo", "sklearn")
+# Parts of torch that biofx needs for sharded models only, costing more than the rest of biofx:
+# torch.distributed.tensor (about 0.5 s) pulls in symbolic_shapes and sympy.
+HEAVY_TORCH = ("torch.distributed.tensor", "torch.fx.experimental.symbolic_shapes", "sympy")
+# biofx's names load on first use; this loads all of them but the drawing (what ``import biofx``
+# loaded when it was eager), and the submodules that were attributes of biofx then.
+LOAD_ALL = """
+import biofx
+for name in biofx.__all__:
+    if name not in ("draw", "to_networkx"):
+        getattr(biofx, name)
+import biofx.hooks, biofx.kernels, biofx.bio_config, biofx.bio_converter, biofx.bio_module
+"""
 
 
-def _modules_after(code: str) -> set[str]:
-    """The optional modules loaded by ``code`` in a fresh interpreter."""
-    probe = f"import sys\n{code}\nprint(' '.join(m for m in {OPTIONAL!r} if m in sys.modules))"
+def _modules_after(code: str, watched: tuple[str, ...] = OPTIONAL) -> set[str]:
+    """The ``watched`` modules loaded by ``code`` in a fresh interpreter."""
+    probe = f"import sys\n{code}\nprint(' '.join(m for m in {watched!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return set(result.stdout.split())
 
 
 def test_import_biofx_loads_no_optional_dependency():
-    assert _modules_after("import biofx") == set()
+    assert _modules_after(LOAD_ALL) == set()
+    # nor the heavy parts of torch, beyond what ``import torch`` itself loads (none of them, on torch 2.13)
+    assert _modules_after(LOAD_ALL, HEAVY_TORCH) <= _modules_after("import torch", HEAVY_TORCH)
+
+
+def test_version_does_not_import_torch():
+    """``biofx --version`` (``biofx.cli:main``) and ``python -m biofx --version`` answer without torch."""
+    probe = """
+import runpy, sys
+sys.argv = ["biofx", "--version"]
+try:
+    runpy.run_module("biofx", run_name="__main__", alter_sys=True)  # python -m biofx --version
+except SystemExit as exit_:
+    assert exit_.code == 0, exit_.code
+print("torch" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"biofx {cli.version()}", "False"]
 
 
 def test_drawing_loads_networkx_on_first_use():
