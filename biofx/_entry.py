@@ -3,20 +3,11 @@ without importing torch, and a core install without NumPy gets no NumPy warning 
 
 from __future__ import annotations
 
-import importlib.metadata
 import sys
 import warnings
 from typing import Optional
 
-
-def version() -> str:
-    """The installed biofx's version, from its package metadata (``biofx.__version__`` without it)."""
-    try:
-        return importlib.metadata.version("biofx")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
-        from . import __version__
-
-        return __version__
+from ._version import version
 
 
 def main(argv: Optional[list[str]] = None) -> int:

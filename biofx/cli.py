@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from . import zoo
-from ._entry import version
+from ._version import version
 from .config import BioConfig, ConfigMap
 from .summary import summary
 from .transform import transform

@@ -411,3 +411,16 @@ def test_python_dash_m_biofx(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"wrote {out}")
     assert "weight_split" in {t.text for t in ET.parse(out).iter(SVG_TEXT)}
+
+
+def test_a_core_install_without_numpy_gets_no_numpy_warning():
+    """torch warns at import when NumPy is missing; the command line needs no NumPy and says nothing."""
+    probe = (
+        "import sys; sys.modules['numpy'] = None\n"  # as on a core-only install
+        "from biofx._entry import main\n"
+        "raise SystemExit(main(['summary', 'mlp']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "MLP (biofx)" in result.stdout and "Bio state" in result.stdout
+    assert "NumPy" not in result.stderr
