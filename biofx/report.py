@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import textwrap
 
 from . import registry
 from .bio_layer import BioLayer
@@ -133,25 +134,28 @@ class Summary:
 
     def __str__(self) -> str:
         header = ("Bio layer", "Kind", "Weight shape", "Mechanisms", "Bio state")
-        cells = [
-            (
-                row.name or "<root>",
-                row.kind,
-                str(list(row.weight_shape)),
-                ", ".join(row.mechanisms) or "-",
-                _format_bytes(row.state_bytes),
-            )
+        rows = [
+            (row.name or "<root>", row.kind, str(list(row.weight_shape)), row.mechanisms or ("-",),
+             _format_bytes(row.state_bytes))
             for row in self.rows
         ]
-        widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+        widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in (0, 1, 2, 4)]
+        # the mechanisms take what is left of TABLE_WIDTH, wrapped at their commas
+        room = TABLE_WIDTH - sum(widths) - 2 * len(widths)
+        longest = max((len(name) for row in rows for name in row[3]), default=0)
+        mechanisms = max(len(header[3]), longest, min(room, max((len(", ".join(row[3])) for row in rows), default=0)))
+        widths.insert(3, mechanisms)
 
         def line(values) -> str:
             left = "  ".join(v.ljust(w) for v, w in zip(values[:-1], widths))
-            return f"{left}  {values[-1].rjust(widths[-1])}"
+            return f"{left}  {values[-1].rjust(widths[-1])}".rstrip()
 
         rule_width = sum(widths) + 2 * (len(widths) - 1)
         lines = ["=" * rule_width, f"{self.model} (biofx)", "=" * rule_width, line(header), "-" * rule_width]
-        lines += [line(c) for c in cells]
+        for name, kind, shape, names, size in rows:
+            wrapped = _pack(names, mechanisms)
+            lines.append(line((name, kind, shape, wrapped[0], size)))
+            lines += [line(("", "", "", more, "")) for more in wrapped[1:]]
         lines += [
             "=" * rule_width,
             f"Bio layers: {self.layers:,}",
@@ -160,9 +164,27 @@ class Summary:
         ]
         if self.plain:
             lines.append(f"Left plain: {len(self.plain)}")
-            lines += [f"  {name}: {reason}" for name, reason in self.plain]
+            width = max(rule_width, TABLE_WIDTH)
+            lines += [textwrap.fill(f"{n}: {why}", width, initial_indent="  ", subsequent_indent="    ")
+                      for n, why in self.plain]
         lines.append("=" * rule_width)
         return "\n".join(lines)
+
+
+#: The width :class:`Summary` keeps its table to (the mechanisms wrap at their commas).
+TABLE_WIDTH = 100
+
+
+def _pack(names: tuple, width: int) -> list[str]:
+    """``names`` joined by ", " into lines of at most ``width`` characters (a longer name alone)."""
+    lines = [names[0]]
+    for name in names[1:]:
+        if len(lines[-1]) + 2 + len(name) <= width:
+            lines[-1] += f", {name}"
+        else:
+            lines[-1] += ","
+            lines.append(name)
+    return lines
 
 
 def summary(bio) -> Summary:

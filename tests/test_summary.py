@@ -2,6 +2,7 @@
 
 import copy
 import pytest
+import torch
 import torch.fx as fx
 import torch.nn as nn
 
@@ -83,3 +84,14 @@ def test_a_model_that_is_one_layer_is_the_root():
 def test_non_bio_models_are_a_type_error_with_a_hint(model):
     with pytest.raises(TypeError, match=r"needs a model transformed by biofx.*biofx\.transform\(model\)"):
         summary(model)
+
+
+def test_table_fits_100_columns_with_every_mechanism():
+    config = dict(weight_splitting_Gamma=2, apply_dales_principle=True, synaptic_scaling_gamma=0.1,
+                  automatic=("fuzzy", "volume", "crystallize", "scaling"), rejuvenate_every=5)
+    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10),
+                          nn.Sequential(nn.Linear(10, 10)))
+    model[5] = torch.ao.quantization.quantize_dynamic(model[5], dtype=torch.qint8)  # a long plain reason
+    text = str(biofx.summary(biofx.transform(model, **config)))
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "rejuvenate (every 5 steps)" in text and "weight_split (Γ=2)," in text  # wrapped at the commas
