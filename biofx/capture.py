@@ -19,8 +19,11 @@ for the plan, ``bio.bio_graph`` and the drawings (the model still runs its own P
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import io
+import logging
 from typing import Any, Optional
 
 import torch
@@ -105,7 +108,8 @@ def export_graph(model: nn.Module, example_inputs: Any) -> Capture:
     try:
         for config in caching.values():
             config.use_cache = False
-        program = torch.export.export(model, args, kwargs, strict=False)
+        with _quiet_torch_logs():
+            program = torch.export.export(model, args, kwargs, strict=False)
     except Exception as err:  # export raises many types; say what
         raise CaptureError(
             f"torch.export could not capture {type(model).__name__}: {type(err).__name__}: {_first_line(err)}"
@@ -116,6 +120,20 @@ def export_graph(model: nn.Module, example_inputs: Any) -> Capture:
     exported = program.module(check_guards=False)
     plain = _collapse_layer_calls(exported.graph, model)
     return Capture(_module(model, exported), names, plain)
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """Nothing on the terminal while export runs: a failed attempt prints its partial FX graphs
+    to stderr (``GraphModule``'s error report) and logs guard notes; :class:`CaptureError` says
+    what failed, in one line."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:

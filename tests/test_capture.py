@@ -170,7 +170,7 @@ def test_captured_model_deepcopies_and_pickles(tmp_path):
         assert other.training and other.fc.bio_state.training and not bio.training
 
 
-def test_untraced_and_unexported_model_is_planned_from_the_module_tree(caplog):
+def test_untraced_and_unexported_model_is_planned_from_the_module_tree(caplog, capfd):
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
@@ -190,6 +190,8 @@ def test_untraced_and_unexported_model_is_planned_from_the_module_tree(caplog):
     assert bio.bio_graph is None and [l.name for l in report.converted] == ["body", "head"]
     assert [l.name for l in report.converted if "weight_split (Γ=2)" in l.mechanisms] == ["body"]  # head: output
     assert "planning from the module tree" in caplog.text
+    printed = capfd.readouterr()
+    assert "def forward" not in printed.err + printed.out  # the failed export's graphs are not dumped
     other = biofx.transform(Branchy())  # no inputs: no export, and the note says how to get one
     assert "pass example_inputs=" in other.bio_report.capture
 
