@@ -63,10 +63,10 @@ class BioLayer(nn.Module):
 
     def forward(self, input):
         if not is_fx_tracing():  # a symbolic trace of the bio model records the graph's nodes
-            state = self._modules[STATE_ROOT]
-            if state.undrawn and not self.weight.is_meta:
+            state, weight = self._modules[STATE_ROOT], self._parameters["weight"]
+            if state.undrawn and not weight.is_meta:
                 state.raise_undrawn()
-            if state.per_weight_shape != self.weight.shape:  # a new weight (resize_token_embeddings)
+            if state.per_weight_shape != weight.shape:  # a new weight (resize_token_embeddings)
                 state.follow_weight()
         if torch.compiler.is_compiling():  # compiled graphs tag the layer's own ops too (nested tags win)
             with bio_annotation(LAYER):
