@@ -10,8 +10,8 @@ higher or lower accuracy, faster or slower in wall time, or about the same), and
 :func:`describe`), ``bio_graph.svg`` and ``results.json`` into ``--out``.
 
 A one-line note says when a run is set up to fail or failed (:func:`setup_note`,
-:func:`collapse_note`): rejuvenation at every step under momentum diverges, so ``--momentum
-0.9`` is answered with the fix (``--rejuvenate-every 50`` or ``--momentum 0``), and a bio run
+:func:`collapse_note`): rejuvenation under momentum diverges or loses accuracy, so ``--momentum
+0.9`` is answered with the fix (``--momentum 0``, or ``--rejuvenate-every 0``), and a bio run
 that ends at chance or with NaN weights is called a collapse. A one-off compile of the fused
 kernels (:mod:`biofx.tiered_compile`) inside a timed run is shown next to its wall time.
 Mistakes on the command line and a missing extra are one line on stderr and exit status 2.
@@ -450,12 +450,13 @@ def setup_note(config: BioConfig, momentum: float, optimizer: str = "sgd") -> Op
     otherwise): re-drawn weights keep the optimizer state of the weights they replace, and on
     digits (momentum 0.9, lr 0.03) the paper's rule diverges to NaN, also with that state
     reset, and biofx's bio run ends at chance."""
-    if config.rejuvenate_every != 1 or (optimizer == "sgd" and not momentum):
+    if config.rejuvenate_every == 0 or (optimizer == "sgd" and not momentum):
         return None
+    every = "every step" if config.rejuvenate_every == 1 else f"every {config.rejuvenate_every} steps"
     return (
-        f"note: bio rejuvenates weights at every step under {_optimizer_text(momentum, optimizer)}; re-drawn "
-        "weights keep the optimizer state of the ones they replace, and training tends to diverge (momentum 0.9, "
-        "lr 0.03: the bio run ends at chance): use --rejuvenate-every 50 (or more), or --momentum 0"
+        f"note: bio rejuvenates weights {every} under {_optimizer_text(momentum, optimizer)}; re-drawn weights "
+        "keep the optimizer state of the ones they replace, and training diverges or loses accuracy (momentum "
+        "0.9: every 1 or 50 steps NaN, every 400 steps 0.93 vs 0.97): use --momentum 0 (or --rejuvenate-every 0)"
     )
 
 
@@ -478,8 +479,8 @@ def collapse_note(
     bio_final, plain_final = (statistics.fmean(run.curve[-1] for run in runs) for runs in (bio, plain))
     if setup_note(config, momentum, optimizer) is not None:
         fix = (
-            f"rejuvenation at every step under {_optimizer_text(momentum, optimizer)} tends to diverge: use "
-            "--rejuvenate-every 50 (or more), or --momentum 0"
+            f"rejuvenation under {_optimizer_text(momentum, optimizer)} diverges or loses accuracy: use "
+            "--momentum 0 (or --rejuvenate-every 0)"
         )
     else:
         fix = "try a smaller --lr"
@@ -663,7 +664,7 @@ def _parser() -> argparse.ArgumentParser:
         "--momentum",
         type=_momentum,
         default=0.0,
-        help="SGD momentum (%(default)s); with rejuvenation at every step bio tends to diverge: see --rejuvenate-every",
+        help="SGD momentum (%(default)s); with rejuvenation bio diverges or loses accuracy: see --rejuvenate-every",
     )
     parser.add_argument(
         "--rejuvenate-every",
@@ -727,7 +728,7 @@ def main(argv: Optional[list] = None) -> int:
     try:
         with single_thread(), warnings.catch_warnings():
             if note is not None:  # the note above says it in the demo's own terms (its flags)
-                warnings.filterwarnings("ignore", "biofx: rejuvenation at every step", RuntimeWarning)
+                warnings.filterwarnings("ignore", "biofx: automatic rejuvenation", RuntimeWarning)
             results = _run(args, data, tqdm, config)
     except MissingDependency as err:  # scipy, for the verdict's confidence intervals
         return _error(str(err))

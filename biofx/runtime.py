@@ -142,9 +142,9 @@ def _report_setup(optimizer: torch.optim.Optimizer, position: dict, layers: list
 
     * DANN's interneuron weights (``dale_w_ei``, ``dale_w_ie``) are added by the transform, so
       an optimizer built before it holds the layer's weight but not them: they never train;
-    * rejuvenation at every step under momentum or an adaptive optimizer: the re-drawn weights
-      keep the optimizer's state of the old ones, and the authors' rule then diverges (digits,
-      SGD momentum 0.9, lr 0.03: NaN; biofx ends at chance)."""
+    * automatic rejuvenation under momentum or an adaptive optimizer: the re-drawn weights keep
+      the optimizer's state of the old ones, and training diverges or loses accuracy (measured
+      on digits with SGD momentum 0.9: every 1 or 50 steps NaN, every 400 steps 0.93 against 0.97)."""
     missing = [
         layer.layer_name
         for layer in layers
@@ -159,14 +159,15 @@ def _report_setup(optimizer: torch.optim.Optimizer, position: dict, layers: list
             f"{_names(missing)}, so they never train: build the optimizer after biofx.transform, which adds them",
             RuntimeWarning,
         )
-    every_step = [layer.layer_name for layer in layers if layer.config.rejuvenate_every == 1]
-    if every_step and not is_plain_sgd(optimizer) and "every-step turnover" not in reported:
-        reported.add("every-step turnover")
+    turnover = [layer.layer_name for layer in layers if registry.REJUVENATE.is_on(layer.config)]
+    if turnover and not is_plain_sgd(optimizer) and "turnover under momentum" not in reported:
+        reported.add("turnover under momentum")
         warn_user(
-            f"biofx: rejuvenation at every step ({_names(every_step)}) with {type(optimizer).__name__} and momentum "
-            "or adaptive state: re-drawn weights keep the optimizer state of the weights they replace, and "
-            "training tends to diverge or collapse. Rejuvenate less often (rejuvenate_every=50 or more) or train "
-            "with plain SGD (see concepts: rejuvenation)",
+            f"biofx: automatic rejuvenation ({_names(turnover)}) with {type(optimizer).__name__} and momentum or "
+            "adaptive state: re-drawn weights keep the optimizer state of the weights they replace. Measured on "
+            "digits (SGD momentum 0.9): rejuvenating every 1 or 50 steps diverged to NaN, every 100/200/400 steps "
+            "ended at 0.70/0.89/0.93 accuracy against 0.97 without. Rejuvenate with plain SGD (see concepts: "
+            "rejuvenation)",
             RuntimeWarning,
         )
 

@@ -416,11 +416,12 @@ def test_train_records_the_epoch_weights_went_nan():
 
 def test_setup_note_for_rejuvenation_every_step_under_momentum_or_adam():
     note = demo.setup_note(demo.PAPER_CONFIG, momentum=0.9)
-    assert note.startswith("note: bio rejuvenates weights at every step under SGD with momentum 0.9;")
-    assert "--rejuvenate-every 50" in note and "--momentum 0" in note and "\n" not in note
+    assert note.startswith("note: bio rejuvenates weights every step under SGD with momentum 0.9;")
+    assert "--momentum 0" in note and "--rejuvenate-every 0" in note and "\n" not in note
     assert "under Adam" in demo.setup_note(demo.PAPER_CONFIG, momentum=0.0, optimizer="adam")
     assert demo.setup_note(demo.PAPER_CONFIG, momentum=0.0) is None
-    assert demo.setup_note(demo.PAPER_CONFIG.replace(rejuvenate_every=50), momentum=0.9) is None
+    assert "every 50 steps" in demo.setup_note(demo.PAPER_CONFIG.replace(rejuvenate_every=50), momentum=0.9)
+    assert demo.setup_note(demo.PAPER_CONFIG.replace(rejuvenate_every=0), momentum=0.9) is None
 
 
 def test_collapse_note_names_the_collapse_and_the_fix():
@@ -429,9 +430,9 @@ def test_collapse_note_names_the_collapse_and_the_fix():
     note = demo.collapse_note(plain, nan, demo.PAPER_CONFIG, momentum=0.9)
     assert note.startswith(
         "note: the bio run collapsed (seeds 0, 1: weights NaN or infinite from epoch 4; final accuracy 0.100 vs "
-        "plain's 0.975, chance 0.100); rejuvenation at every step under SGD with momentum 0.9"
+        "plain's 0.975, chance 0.100); rejuvenation under SGD with momentum 0.9"
     )
-    assert "--rejuvenate-every 50" in note and "\n" not in note
+    assert "--momentum 0" in note and "\n" not in note
     chance = demo.collapse_note(plain, _runs([None, 3], [0.1, 0.95]), demo.PAPER_CONFIG, momentum=0.0)
     assert "(seed 0: it ended at chance;" in chance and chance.endswith("try a smaller --lr")
     assert demo.collapse_note(plain, _runs([3, 3], [0.95, 0.96]), demo.PAPER_CONFIG, momentum=0.9) is None
@@ -456,15 +457,15 @@ def test_momentum_with_rejuvenation_every_step_prints_a_note(tmp_path, monkeypat
     assert out.splitlines()[1] == note  # under the header, before training
     assert out.count("note: bio rejuvenates") == 1
     # said once, in the demo's terms: the library's warning of the same is not repeated
-    assert not any("rejuvenation at every step" in str(w.message) for w in caught)
+    assert not any("automatic rejuvenation" in str(w.message) for w in caught)
     assert note in json.loads((tmp_path / "results.json").read_text())["notes"]
 
 
 def test_rejuvenate_every_sets_the_bio_config(tmp_path, monkeypatch):
-    code, out, _ = _quick_main(["--momentum", "0.9", "--rejuvenate-every", "50"], tmp_path, monkeypatch)
+    code, out, _ = _quick_main(["--momentum", "0.9", "--rejuvenate-every", "0"], tmp_path, monkeypatch)
     assert code == 0 and "note:" not in out
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["bio_config"]["rejuvenate_every"] == 50 and results["notes"] == []
+    assert results["bio_config"]["rejuvenate_every"] == 0 and results["notes"] == []
     assert results["bio"] == "fuzzy ν=0.09, rejuvenation d_re=14 every 50 steps, Γ=2"
 
 

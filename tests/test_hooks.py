@@ -233,7 +233,7 @@ def test_setup_that_would_train_otherwise_is_said_once_at_the_users_line():
         bio.fuzzy_learning_rates()  # automatic: skipped with a warning
     messages = [(str(w.message), w.filename) for w in caught]
     assert [m for m, _ in messages if "DANN interneuron weights" in m and "build the optimizer after" in m]
-    assert [m for m, _ in messages if "rejuvenation at every step ('fc1', 'fc2') with SGD" in m]
+    assert [m for m, _ in messages if "automatic rejuvenation ('fc1', 'fc2') with SGD" in m]
     assert len(messages) == 3 and all(filename == __file__ for _, filename in messages)  # once each, here
     later = torch.optim.SGD(bio.parameters(), lr=0.1)  # after the transform, plain SGD: nothing to say
     with warnings.catch_warnings():
