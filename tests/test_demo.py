@@ -466,7 +466,7 @@ def test_rejuvenate_every_sets_the_bio_config(tmp_path, monkeypatch):
     assert code == 0 and "note:" not in out
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["bio_config"]["rejuvenate_every"] == 0 and results["notes"] == []
-    assert results["bio"] == "fuzzy ν=0.09, rejuvenation d_re=14 every 50 steps, Γ=2"
+    assert results["bio"] == "fuzzy ν=0.09, Γ=2"
 
 
 def test_describe_names_the_mechanisms_on():
