@@ -89,7 +89,7 @@ class BioConfig:
         rejuvenation_parameter_dre: d_re; larger means fewer weights are rejuvenated.
         weight_splitting_Gamma: Γ, synapses per connection (0 or 1 = off).
         apply_dales_principle: Dale's principle: by default (``dale_mode="dann"``) excitatory
-            inputs and inhibitory interneurons that subtract (DANN: W = |W_EE| − |W_EI|·|W_IE|,
+            inputs and inhibitory interneurons that subtract (DANN: ``W = |W_EE| − |W_EI|·|W_IE|``,
             adding the parameters ``dale_w_ei`` and ``dale_w_ie``); ``dale_mode="column"``: one
             sign per presynaptic unit.
         base_lr: volume-dependent plasticity's base rate, in (0, 1).
