@@ -15,12 +15,10 @@ nn.Linear)`` holds). A bio layer:
   :attr:`BioLayer.code` shows the Python it runs.
 
 Pickling (``torch.save(model)``, ``copy.deepcopy``) rebuilds ``Bio<Name>`` from the layer's
-importable class (:func:`biofx.model.bio_class`), so a saved model loads in a fresh process.
+importable class (:func:`biofx.pipeline.bio_class`), so a saved model loads in a fresh process.
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 import torch.fx as fx
@@ -36,7 +34,7 @@ from ._leaf import bio_annotation
 from .passes.tags import LAYER
 from .state import STATE_ROOT
 
-__all__ = ["BioLayer", "layer_graph", "original_class"]
+__all__ = ["BioLayer", "layer_graph"]
 
 
 def layer_graph() -> fx.Graph:
@@ -88,14 +86,8 @@ class BioLayer(nn.Module):
         code = self.graph.python_code(root_module="self")
         self.__dict__["_bio_forward"] = _forward_from_src(code.src, code.globals)
 
-    # -- pickling and copies: rebuilt from the importable class (biofx.model.reduce_converted)
+    # -- pickling and copies: rebuilt from the importable class (biofx.pipeline.reduce_converted)
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.recompile()
         self._modules[STATE_ROOT].attach(self)
-
-
-def original_class(module: nn.Module) -> Optional[type]:
-    """The class a converted module had before ``transform`` (``None`` for another module)."""
-    key = getattr(type(module), "_biofx_key", None)
-    return None if key is None else key[0]

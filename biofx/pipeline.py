@@ -41,7 +41,6 @@ from .passes.plan import (
     PlannedLayer,
     check_weight_flow,
     convertible_modules,
-    output_layers,
     plan_layers,
     plan_modules,
     plan_splitting,
@@ -62,7 +61,6 @@ class Seen:
     gm: Optional[fx.GraphModule]
     capture: str
     reasons: dict = dataclasses.field(default_factory=dict)
-    outputs: set = dataclasses.field(default_factory=set)  # paths of the layers whose outputs are the model's
 
 
 def see(model: nn.Module, leaf_modules: tuple, concrete_args: Any, example_inputs: Any, mode: str) -> Seen:
@@ -99,11 +97,7 @@ def see(model: nn.Module, leaf_modules: tuple, concrete_args: Any, example_input
 
 
 def plan(seen: Seen, model: nn.Module, config_map: ConfigMap, leaf_modules: tuple) -> tuple[list, list]:
-    """The layers to convert (in execution order) and ``(name, reason)`` for those left plain.
-
-    The layers whose outputs are the model's outputs (bio or not: :func:`output_layers`) are
-    recorded in ``seen.outputs`` for :func:`number`."""
-    seen.outputs = output_layers(seen.gm, model)
+    """The layers to convert (in execution order) and ``(name, reason)`` for those left plain."""
     if seen.gm is None:
         layers, plain = plan_modules(model, config_map, leaf_modules)
     else:
@@ -115,7 +109,8 @@ def plan(seen: Seen, model: nn.Module, config_map: ConfigMap, leaf_modules: tupl
 
 def number(layers: list, seed: int, outputs: set = frozenset()) -> None:
     """Number the layers once, in order: index, total, seed, LAYER_ADAPTIVE's l and L, and
-    weight splitting (not for the layers at ``outputs``, whose outputs are the model's)."""
+    weight splitting (not for the layers at ``outputs``, whose outputs are the model's:
+    :func:`~biofx.passes.plan.output_layers`)."""
     total = len(layers)
     for index, layer in enumerate(layers):
         layer.index, layer.total = index, total

@@ -22,6 +22,7 @@ from .config import BioConfig, ConfigMap
 from .layers import kind_of
 from .model import BioMethods
 from .passes import PASSES
+from .passes.plan import output_layers
 from .pipeline import Seen, bio_class, convert, number, plan, see
 from .report import LayerReport, TransformReport, log_plain
 
@@ -96,7 +97,7 @@ def transform(
     one_layer = kind_of(model) is not None
     seen = Seen(None, "one layer") if one_layer else see(model, leaf_modules, concrete_args, example_inputs, capture)
     layers, plain = plan(seen, model, config_map, leaf_modules)
-    number(layers, seed, set() if one_layer else seen.outputs)  # a model that is one layer is split
+    number(layers, seed, set() if one_layer else output_layers(seen.gm, model))  # a one-layer model is split
     counts = convert(model, layers, root_is_layer=one_layer)
     if not isinstance(model, BioMethods):  # the root is not a converted layer
         model.__class__ = bio_class(type(model), root=True)
