@@ -218,7 +218,7 @@ def _demo(argv: list[str]) -> int:
         if err.name == "biofx.demo":
             print("biofx demo: error: this biofx installation has no demo (biofx/demo.py is missing)", file=sys.stderr)
         else:
-            print(f'biofx demo: error: the demo needs {err.name}: pip install "biofx[demo]"', file=sys.stderr)
+            print(f'biofx demo: error: the demo needs {err.name}: pip install -e ".[demo]" (from a clone of biofx)', file=sys.stderr)
         return 2
     return demo.main(argv)
 

@@ -17,7 +17,7 @@ kernels (:mod:`biofx.tiered_compile`) inside a timed run is shown next to its wa
 Mistakes on the command line and a missing extra are one line on stderr and exit status 2.
 
 Run it with ``biofx demo``, ``python -m biofx demo`` or :func:`main`. It needs the ``demo``
-extra: ``pip install "biofx[demo]"``. The training loop here (:func:`train`) is shared with
+extra: ``pip install -e ".[demo]"`` from a clone of biofx. The training loop here (:func:`train`) is shared with
 ``tools/reproduce.py``, which runs the paper's grid of mechanisms.
 """
 
@@ -75,7 +75,7 @@ __all__ = [
 
 log = logging.getLogger("biofx.demo")
 
-INSTALL_HINT = 'pip install "biofx[demo]"'
+INSTALL_HINT = 'pip install -e ".[demo]" (from a clone of biofx)'
 
 #: Validation accuracies whose first epoch the demo reports.
 THRESHOLDS = (0.90, 0.95)

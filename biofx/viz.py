@@ -214,7 +214,7 @@ def draw(
             :data:`MAX_NODES` nodes, else the deepest depth that fits (:func:`choose_depth`).
             The caption says when modules are folded.
 
-    Needs the ``graphviz`` Python package (``pip install "biofx[viz]"``) and the Graphviz
+    Needs the ``graphviz`` Python package (``pip install -e ".[viz]"`` from a clone of biofx) and the Graphviz
     ``dot`` program.
     """
     suffix = Path(path).suffix.lower()
@@ -690,7 +690,7 @@ def _import_graphviz():
     try:
         import graphviz
     except ImportError as err:
-        raise ImportError('drawing needs the graphviz package: pip install "biofx[viz]"') from err
+        raise ImportError('drawing needs the graphviz package: pip install -e ".[viz]" (from a clone of biofx)') from err
     return graphviz
 
 

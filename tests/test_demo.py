@@ -173,7 +173,7 @@ def test_cli_demo_missing_extra_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     assert cli.main(["demo", "--epochs", "1", "--seeds", "1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err == 'biofx demo: error: the biofx demo needs scikit-learn: pip install "biofx[demo]"\n'
+    assert err == 'biofx demo: error: the biofx demo needs scikit-learn: pip install -e ".[demo]" (from a clone of biofx)\n'
 
 
 def test_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
@@ -187,7 +187,7 @@ def test_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
 def test_missing_dependency_names_the_extra(module, monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
     assert demo.main(["--epochs", "1", "--seeds", "1", "--out", str(tmp_path)]) == 2
-    assert 'pip install "biofx[demo]"' in capsys.readouterr().err
+    assert 'pip install -e ".[demo]" (from a clone of biofx)' in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 

@@ -643,7 +643,7 @@ def test_missing_dot_program_says_how_to_install_it(tmp_path, monkeypatch):
 def test_missing_graphviz_package_says_how_to_install_it(tmp_path, monkeypatch):
     bio, _ = _case("mlp")
     monkeypatch.setitem(sys.modules, "graphviz", None)
-    with pytest.raises(ImportError, match=r'pip install "biofx\[viz\]"'):
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[viz\]" \(from a clone of biofx\)'):
         viz.draw(bio, tmp_path / "graph.svg")
 
 
