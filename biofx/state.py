@@ -180,7 +180,8 @@ class BioSynapses(nn.Module):
     @property
     def alive(self) -> bool:
         """Whether its layer still exists (a state kept after its model was dropped is not)."""
-        return self.__dict__["_layer_ref"]() is not None
+        ref = self.__dict__.get("_layer_ref")
+        return ref is not None and ref() is not None
 
     def attach(self, layer: nn.Module) -> None:
         """Link the state to its layer again (after unpickling or a deep copy) and register it."""
@@ -229,9 +230,7 @@ class BioSynapses(nn.Module):
         Under FSDP2 (``model.to(...)`` or ``model.to_empty(...)`` after ``fully_shard``: the
         weight is a DTensor) the per-weight state is sharded like the weight first, so a rank
         moves or materializes its rows only."""
-        ref = self.__dict__.get("_layer_ref")
-        layer = None if ref is None else ref()
-        if layer is not None and sharding.is_sharded(layer.weight):
+        if self.alive and sharding.is_sharded(self.weight):
             self._shard()
         dtypes = {name: b.dtype for name, b in self._buffers.items() if b is not None}
         # zero counts moved are zero counts (but not from the meta device: to_empty leaves garbage)
@@ -349,6 +348,12 @@ class BioSynapses(nn.Module):
             )
 
     # -- the weight's life: meta device, new Parameters ------------------------------------
+    def _drawn_afresh(self) -> "BioSynapses":
+        """The state as the transform draws it from the layer's current weight (unregistered)."""
+        return BioSynapses(
+            self.layer_name, self.layer, self.kind, self.config, self.index, *self._drawn_from, register=False
+        )
+
     def raise_undrawn(self) -> None:
         raise RuntimeError(
             f"the bio state of {self.layer_name!r} was built on the meta device and has no values yet: after "
@@ -374,10 +379,7 @@ class BioSynapses(nn.Module):
             )
         self._require_whole("a weight of a new shape")
         old = {name: buffer for name, buffer in self._buffers.items() if buffer is not None}
-        fresh = BioSynapses(
-            self.layer_name, self.layer, self.kind, self.config, self.index, *self._drawn_from, register=False
-        )
-        for name, buffer in fresh.named_buffers():
+        for name, buffer in self._drawn_afresh().named_buffers():
             previous = old[name]
             if previous.dim() == buffer.dim() and previous.dim() > 0:
                 overlap = tuple(slice(0, min(a, b)) for a, b in zip(previous.shape, buffer.shape))
@@ -397,10 +399,7 @@ class BioSynapses(nn.Module):
         re-applies the Dale initialization to the weight, as the transform does.
         """
         self._require_whole("reset_bio_state()")
-        fresh = BioSynapses(
-            self.layer_name, self.layer, self.kind, self.config, self.index, *self._drawn_from, register=False
-        )
-        for name, buffer in fresh.named_buffers():
+        for name, buffer in self._drawn_afresh().named_buffers():
             self._buffers[name].copy_(buffer)
         self._note_zero_counts()
         self._sync_counters()
