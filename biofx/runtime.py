@@ -54,10 +54,10 @@ _CACHE: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.Weak
 # WeakKeyDictionary: its lookups compare tensors with ==, which is elementwise.
 _DRIVEN: dict = {}
 _REPORTED: weakref.WeakSet = weakref.WeakSet()
-# Every live transformed model (its root), and the (model, layer path) pairs already warned
-# about: a plain layer put into a bio model after the transform trains plain (_report_new_layers)
+# Every live transformed model (its root), and per model the paths already warned about: a
+# plain layer put into a bio model after the transform trains plain (_report_new_layers)
 _MODELS: weakref.WeakSet = weakref.WeakSet()
-_NEW_REPORTED: set = set()
+_NEW_REPORTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _SETUP_REPORTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> problems warned about
 # From the pre-step to the post-step hook: each layer's weight (this rank's shard) with
 # acts_on="update" (unless the optimizer is plain SGD), and DANN's interneuron weights (BioSynapses.correct_interneurons_before_step)
@@ -182,15 +182,15 @@ def _report_new_layers(position: dict) -> None:
     known kind that were put into a transformed model after the transform (``model.fc =
     nn.Linear(...)``, PEFT's LoRA factors)."""
     for model in list(_MODELS):
+        reported = _NEW_REPORTED.setdefault(model, set())
         new = [
             path
             for path in model.unconverted_new_layers()
-            if (id(model), path) not in _NEW_REPORTED
-            and id(getattr(model.get_submodule(path), "weight", None)) in position
+            if path not in reported and id(getattr(model.get_submodule(path), "weight", None)) in position
         ]
         if not new:
             continue
-        _NEW_REPORTED.update((id(model), path) for path in new)
+        reported.update(new)
         plans = model.__dict__.get("_biofx_plans", {})
         if all(path in plans for path in new):
             one = "it" if len(new) == 1 else "them"
