@@ -33,7 +33,7 @@ import torch.nn as nn
 from .layers import kind_of
 from .tracing import TraceError
 
-__all__ = ["CaptureError", "Capture", "export_graph", "default_inputs"]
+__all__ = ["CaptureError", "Capture", "export_graph", "default_inputs", "split_inputs", "submodule"]
 
 STACK = "nn_module_stack"
 LIFTED = "biofx_lifted"
@@ -96,7 +96,7 @@ def export_graph(model: nn.Module, example_inputs: Any) -> Capture:
     module docstring). ``example_inputs``: a dict of keyword arguments, a tuple of positional
     ones, or one tensor. Raises :class:`CaptureError` naming what failed.
     """
-    args, kwargs = _split_inputs(example_inputs)
+    args, kwargs = split_inputs(example_inputs)
     try:
         bound = inspect.signature(model.forward).bind(*args, **kwargs)
     except TypeError as err:
@@ -136,7 +136,9 @@ def _quiet_torch_logs():
         logging.disable(previous)
 
 
-def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of example inputs given as a tensor, a tuple of positional inputs or a
+    dict of keyword inputs."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,), {}
     if isinstance(example_inputs, dict):
@@ -164,7 +166,7 @@ def _collapse_layer_calls(graph: fx.Graph, model: nn.Module) -> dict:
         if node.op != "call_function" or not node.meta.get(STACK):
             continue
         key, (path, _) = next(reversed(node.meta[STACK].items()))
-        module = _submodule(model, path)
+        module = submodule(model, path)
         if module is not None and kind_of(module) is not None:
             calls.setdefault(key, (path, module, []))[2].append(node)
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -206,7 +208,8 @@ def _collapse_layer_calls(graph: fx.Graph, model: nn.Module) -> dict:
     return plain
 
 
-def _submodule(model: nn.Module, path: str) -> Optional[nn.Module]:
+def submodule(model: nn.Module, path: str) -> Optional[nn.Module]:
+    """``model.get_submodule(path)``, or ``None`` where there is none."""
     try:
         return model.get_submodule(path)
     except AttributeError:

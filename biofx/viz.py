@@ -45,9 +45,11 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.node import _get_qualified_name
 
+from . import capture as capture_
 from . import ops, registry
 from .bio_layer import BioLayer
 from .passes import tags
+from .passes.plan import join_path
 
 __all__ = ["MECHANISM_COLOURS", "FORMATS", "MAX_NODES", "to_networkx", "to_graphviz", "draw"]
 
@@ -318,7 +320,6 @@ def _model_graph(bio: nn.Module, example_inputs: Any) -> tuple[Optional[fx.Graph
             '{"input_ids": torch.randint(0, vocab_size, (1, 8))} or biofx.capture.default_inputs(model), '
             "to capture it with torch.export"
         )
-    from .capture import export_graph
 
     # in eval mode: in training mode an activity probe's update (under no_grad) is exported as
     # a node of its own beside the layer's call, which would draw it twice and, when run for
@@ -326,7 +327,7 @@ def _model_graph(bio: nn.Module, example_inputs: Any) -> tuple[Optional[fx.Graph
     modes = [(module, module.training) for module in bio.modules()]
     bio.eval()
     try:
-        captured = export_graph(bio, example_inputs)
+        captured = capture_.export_graph(bio, example_inputs)
     finally:
         for module, training in modes:
             module.training = training
@@ -355,7 +356,7 @@ def _sites(gm: fx.GraphModule) -> dict:
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
-        module = _submodule(gm, node.target)
+        module = capture_.submodule(gm, node.target)
         if isinstance(module, BioLayer) and len(node.args) == 1 and not node.kwargs:
             n = calls[node.target]
             calls[node.target] += 1
@@ -369,7 +370,7 @@ def _attrs(node: fx.Node, owner: nn.Module, base: str, site: Optional[_Site], va
     tag = tags.get_tag(node)
     target = node.target
     if node.op in ("get_attr", "call_module"):
-        target = _join(base, target)
+        target = join_path(base, target)
     attrs = {
         "op": node.op,
         "target": target if isinstance(target, str) else _get_qualified_name(target),
@@ -380,7 +381,7 @@ def _attrs(node: fx.Node, owner: nn.Module, base: str, site: Optional[_Site], va
     if site is not None:
         attrs["site"] = site.prefix
     if node.op == "call_module":
-        attrs["module_type"] = type(_submodule(owner, node.target)).__name__
+        attrs["module_type"] = type(capture_.submodule(owner, node.target)).__name__
     if node.op == "call_function":
         attrs["operation"] = _op_name(node.target)
     if node.target is ops.weight_split:
@@ -477,12 +478,7 @@ def _run(owner: nn.Module, graph: fx.Graph, sites: dict, example_inputs: Any, bi
 def _flat_inputs(owner: nn.Module, example_inputs: Any, graph: Optional[fx.Graph] = None) -> list:
     """The values of ``graph``'s placeholders, in order, for ``example_inputs``."""
     graph = owner.graph if graph is None else graph
-    if isinstance(example_inputs, dict):
-        args, kwargs = (), dict(example_inputs)
-    elif isinstance(example_inputs, (tuple, list)):
-        args, kwargs = tuple(example_inputs), {}
-    else:
-        args, kwargs = (example_inputs,), {}
+    args, kwargs = capture_.split_inputs(example_inputs)
     info = getattr(graph._codegen, "pytree_info", None)
     if info is not None and info.in_spec is not None:  # an exported graph: (args, kwargs) flattened
         from torch.fx._pytree import tree_flatten_spec
@@ -633,7 +629,7 @@ def _box_attrs(group: str, names: list, graph: nx.DiGraph, groups: dict, root: n
             mechanisms = layers.setdefault(data["layer"], set())
             if data["biofx"] is not None and data["biofx"]["mechanism"] != tags.LAYER:
                 mechanisms.add(data["biofx"]["mechanism"])
-    module = _submodule(root, group)
+    module = capture_.submodule(root, group)
     kind = type(module).__name__ if module is not None else ""
     width = 1 + max((len(m) for m in layers.values()), default=0)
     out = [n for n in names if any(groups.get(user, group) != group for user in graph.successors(n))]
@@ -877,15 +873,3 @@ def _legend(dot, present: set) -> None:
     frame = 'BORDER="1" STYLE="ROUNDED" COLOR="#777777" CELLBORDER="1" CELLSPACING="4" CELLPADDING="6"'
     title = '<TR><TD BORDER="0"><FONT POINT-SIZE="11">biofx mechanisms</FONT></TD></TR>'
     dot.node(LEGEND, label=f"<<TABLE {frame}>{title}{rows}</TABLE>>", shape="plaintext")
-
-
-# -- small helpers -------------------------------------------------------------------------
-def _submodule(root: nn.Module, path: str) -> Optional[nn.Module]:
-    try:
-        return root.get_submodule(path)
-    except AttributeError:
-        return None
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix and name else prefix or name
